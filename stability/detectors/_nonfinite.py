@@ -1,0 +1,54 @@
+"""Non-finite losses and gradients, and fp16 overflow streaks."""
+
+from __future__ import annotations
+
+import math
+
+from stability.detectors._base import Detector, _number, first_nonfinite_layer
+from stability.records import StepRecord, Verdict
+
+
+class NonFiniteDetector(Detector):
+    """A non-finite loss or gradient is an explosion, except an fp16 step the scaler skipped.
+
+    An overflowed step (``stats.overflow``: the *scaled* gradients overflowed) is expected
+    under dynamic loss scaling and only counted; ``max_overflow_streak`` overflowed steps in a
+    row mean the scale cannot recover (the values themselves are out of range) and give an
+    ``overflow_streak`` verdict. A non-finite *loss* is a verdict even on an overflowed step:
+    the forward pass itself overflowed, which no loss scale can undo.
+    A ``nonfinite`` verdict's value is the number of non-finite gradient tensors (at least 1,
+    for a non-finite loss alone) against a threshold of 0.
+    """
+
+    kind = "nonfinite"
+
+    def __init__(self, max_overflow_streak: int = 12) -> None:
+        self.max_overflow_streak = _number(self.name, "max_overflow_streak",
+                                           max_overflow_streak, 12, integer=True, minimum=1)
+        self._streak = 0
+
+    def reset(self) -> None:
+        self._streak = 0
+
+    def observe(self, step: int, stats: StepRecord) -> Verdict | None:
+        loss_ok = math.isfinite(stats.loss)
+        if stats.overflow and loss_ok:
+            self._streak += 1
+            if self._streak < self.max_overflow_streak:
+                return None
+            return self._verdict(
+                step, self._streak, self.max_overflow_streak, first_nonfinite_layer(stats),
+                f"{self._streak} fp16 overflow steps in a row (limit "
+                f"{self.max_overflow_streak}): loss scaling cannot bring the gradients back "
+                "into range", kind="overflow_streak")
+        self._streak = 0
+        if loss_ok and math.isfinite(stats.global_norm) and stats.nonfinite <= 0:
+            return None
+        layer = first_nonfinite_layer(stats)
+        what = [] if loss_ok else [f"loss {stats.loss}"]
+        if stats.nonfinite > 0 or not math.isfinite(stats.global_norm):
+            what.append(f"{stats.nonfinite} gradient tensor(s) non-finite, global norm "
+                        f"{stats.global_norm}")
+        where = f", first layer {layer}" if layer else ""
+        return self._verdict(step, max(stats.nonfinite, 1), 0.0, layer,
+                             "; ".join(what) + where)

@@ -1,0 +1,259 @@
+"""StabilityGuard: the per-step sequence for any training loop.
+
+Two lines in a user's loop::
+
+    guard = StabilityGuard.from_yaml("best.yaml", model)   # init, optimizer, schedule, AMP, clip
+    ...
+        if guard.step(loss_fn(model(x), y)):               # backward .. step; True = exploded
+            break
+
+One optimizer step, in this order (DESIGN.md)::
+
+    backward (scaled for fp16) -> unscale (fp16) -> measure (one foreach pass)
+    -> [standardise] -> clip (reuses the norms) -> record on device
+    -> at the sync cadence: one host transfer, detectors replayed step by step
+    -> optimizer.step (skipped by GradScaler on overflow, counted) -> scheduler.step
+
+Between sync points nothing waits on the host: statistics go into a device buffer.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from stability import init as init_schemes
+from stability.clipping import ClipResult, make_clipper, standardize_grads
+from stability.config import StabilityConfig
+from stability.detectors import Detector, default_detector
+from stability.optim import build_optimizer, build_scheduler
+from stability.precision import AutocastHooks, make_grad_scaler, scale_tensor
+from stability.records import StepRecord, Verdict
+from stability.stats import GradMonitor, GradStats
+
+if TYPE_CHECKING:
+    from stability.diagnose import Diagnosis
+
+# Fixed columns of a step row; per-layer norms follow.
+_FIXED = ("loss", "grad_norm", "clip_coef", "clip_threshold", "amp_scale", "overflow",
+          "nonfinite")
+
+
+class StabilityGuard:
+    """Applies a :class:`StabilityConfig` to a model and watches every optimizer step.
+
+    Args:
+        model: the model to train (weights are re-initialised when ``config.init`` is not
+            ``default`` and ``apply_init`` is true: pass ``apply_init=False`` when fine-tuning).
+        config: the stability settings.
+        total_steps: run length in optimizer steps (needed by cosine / linear schedules).
+        detector: explosion detector; the composite default when None.
+        optimizer: use this optimizer instead of building one from the config.
+        sync_every: host transfer cadence in optimizer steps. Default: every step on CPU (free,
+            and lets a non-finite step be skipped), 10 on accelerators (no per-step sync).
+        stop_on_verdict: once a detector fires, further ``step`` calls skip the update.
+        on_sync: called with the new StepRecords after each host transfer (e.g. a logger).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: StabilityConfig,
+        *,
+        total_steps: int | None = None,
+        detector: Detector | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        sync_every: int | None = None,
+        apply_init: bool = True,
+        stop_on_verdict: bool = True,
+        on_sync: Callable[[list[StepRecord]], None] | None = None,
+    ) -> None:
+        self.model, self.config = model, config
+        first = next(model.parameters(), None)
+        if first is None:
+            raise ValueError("model has no parameters: StabilityGuard needs a trainable model.")
+        self.device = first.device
+        if apply_init and config.init != "default":
+            init_schemes.apply_init(model, config.init, std=config.init_std,
+                                    gain=config.init_gain)
+        self.monitor = GradMonitor.for_model(model)
+        self.optimizer = optimizer or build_optimizer(self.monitor.params, config)
+        self.scheduler = build_scheduler(self.optimizer, config, total_steps)
+        self.scaler = make_grad_scaler(config, self.device.type)
+        self._autocast = AutocastHooks(model, config.precision, self.device.type)
+        self.clipper = make_clipper(config)
+        self.detector = detector if detector is not None else default_detector()
+        if sync_every is None:
+            sync_every = 1 if self.device.type == "cpu" else 10
+        if sync_every < 1:
+            raise ValueError(f"sync_every must be >= 1; got {sync_every}.")
+        self.sync_every = sync_every
+        self.stop_on_verdict = stop_on_verdict
+        self.on_sync = on_sync
+
+        self.layer_names = tuple(self.monitor.layer_names)
+        self.columns = _FIXED + tuple(f"grad_norm/{name}" for name in self.layer_names)
+        self._buffer = torch.zeros(sync_every, len(self.columns), device=self.device)
+        self._pending = 0
+        self._pending_lr: list[float] = []
+        self._chunks: list[np.ndarray] = []
+        self._lrs: list[float] = []
+        self._micro = 0
+        self._loss_sum: Tensor | None = None
+        self.step_count = 0
+        """optimizer steps taken (or attempted) so far."""
+        self.stats: GradStats | None = None
+        self.clip: ClipResult | None = None
+        self.verdict: Verdict | None = None
+        self.last_record: StepRecord | None = None
+        self.overflow_count = 0
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: StabilityConfig | Mapping[str, Any], model: nn.Module,
+                    **kwargs: Any) -> StabilityGuard:
+        if not isinstance(config, StabilityConfig):
+            config = StabilityConfig.from_dict(config)
+        return cls(model, config, **kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, model: nn.Module, **kwargs: Any) -> StabilityGuard:
+        """Build from a YAML file: a StabilityConfig or a file ``stabsweep export`` wrote."""
+        return cls(model, StabilityConfig.load(path), **kwargs)
+
+    # ------------------------------------------------------------------ the step
+    @property
+    def accumulating(self) -> bool:
+        """True between micro-batches of one optimizer step (grad accumulation)."""
+        return self._micro != 0
+
+    @property
+    def exploded(self) -> bool:
+        return self.verdict is not None
+
+    def step(self, loss: Tensor) -> bool:
+        """Backward one micro-batch; every ``grad_accum_steps`` calls, run the optimizer step.
+
+        Returns True once an explosion has been detected (the update of that step and of any
+        later call is skipped when ``stop_on_verdict``).
+        """
+        if self.verdict is not None and self.stop_on_verdict:
+            return True
+        accum = self.config.grad_accum_steps
+        scaled = loss / accum if accum > 1 else loss
+        if self.scaler is not None:
+            scaled = self.scaler.scale(scaled)
+        scaled.backward()
+        detached = loss.detach().float()
+        self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
+        self._micro += 1
+        if self._micro < accum:
+            return False
+        mean_loss = self._loss_sum / accum
+        self._micro, self._loss_sum = 0, None
+        self._optimizer_step(mean_loss)
+        return self.verdict is not None
+
+    def _optimizer_step(self, loss: Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # grads now hold true values
+        stats = self.monitor.measure(self.config.clip_norm_type)
+        grads = self.monitor.last_grads
+        if self.config.grad_standardize and self.monitor.last_index is not None:
+            stats = standardize_grads(grads, stats, self.monitor.last_index)
+        raw_norm = stats.global_norm
+        clip = self.clipper(self.monitor.params, grads, stats)
+        self.stats, self.clip = stats, clip
+        overflow = (~torch.isfinite(raw_norm) if self.scaler is not None
+                    else raw_norm.new_zeros((), dtype=torch.bool))
+        row = torch.cat((
+            torch.stack((loss.reshape(()), raw_norm, clip.coef, clip.threshold,
+                         scale_tensor(self.scaler, raw_norm), overflow.float(),
+                         stats.nonfinite.float())),
+            stats.layer_norms,
+        ))
+        self._buffer[self._pending].copy_(row, non_blocking=True)
+        self._pending += 1
+        self._pending_lr.append(self.optimizer.param_groups[0]["lr"])
+        self.step_count += 1
+        if self._pending >= self.sync_every:
+            self.sync()
+        if self.verdict is not None and self.stop_on_verdict:
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when the unscaled grads overflowed
+            self.scaler.update()
+        elif not self._known_nonfinite():
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            # With fp16 the first optimizer.step may be skipped by the scaler; torch warns.
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
+
+    def _known_nonfinite(self) -> bool:
+        """True when this step was just synced and is non-finite: never apply such an update."""
+        record = self.last_record
+        return (self._pending == 0 and record is not None and record.step == self.step_count - 1
+                and (record.nonfinite > 0 or not math.isfinite(record.loss)))
+
+    # ------------------------------------------------------------------ host side
+    def sync(self) -> list[StepRecord]:
+        """Move pending statistics to the host (one transfer) and run the detectors."""
+        n = self._pending
+        if n == 0:
+            return []
+        block = self._buffer[:n].cpu().numpy().astype(np.float64)
+        lrs = self._pending_lr
+        self._pending, self._pending_lr = 0, []
+        first_step = self.step_count - n
+        records = []
+        for i in range(n):
+            values = block[i]
+            record = StepRecord(
+                step=first_step + i, loss=float(values[0]), global_norm=float(values[1]),
+                layer_norms=values[len(_FIXED):], layer_names=self.layer_names, lr=lrs[i],
+                overflow=bool(values[5]), nonfinite=int(values[6]),
+            )
+            records.append(record)
+            self.overflow_count += int(record.overflow)
+            if self.verdict is None:
+                self.verdict = self.detector.observe(record.step, record)
+        self.last_record = records[-1]
+        self._chunks.append(block)
+        self._lrs.extend(lrs)
+        if self.on_sync is not None:
+            self.on_sync(records)
+        return records
+
+    def trace(self) -> pd.DataFrame:
+        """Every recorded optimizer step: loss, norms (pre-clip), lr, clip, AMP scale."""
+        self.sync()
+        data = (np.concatenate(self._chunks) if self._chunks
+                else np.zeros((0, len(self.columns))))
+        frame = pd.DataFrame(data, columns=list(self.columns))
+        frame.insert(0, "step", np.arange(len(frame), dtype=np.int64))
+        frame.insert(3, "lr", np.asarray(self._lrs, dtype=np.float64))
+        frame["overflow"] = frame["overflow"].astype(bool)
+        frame["nonfinite"] = frame["nonfinite"].astype(np.int64)
+        return frame
+
+    def diagnosis(self) -> Diagnosis:
+        """What happened: onset, first layer, growth rate, loss impact, suggested fix."""
+        from stability.diagnose import diagnose
+
+        return diagnose(self.trace(), self.verdict, self.config)
+
+    def close(self) -> None:
+        """Flush pending statistics and remove the autocast hooks from the model."""
+        self.sync()
+        self._autocast.remove()

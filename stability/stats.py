@@ -1,0 +1,131 @@
+"""On-device gradient statistics: global and per-layer norms in one pass over the gradients.
+
+``torch._foreach_norm`` measures every gradient tensor in one fused call; the per-layer and
+global norms are reductions of those per-tensor norms, so the numbers that global clipping
+needs and the numbers the monitor records are the same ones. Nothing here moves a value to
+the host: results stay on the gradients' device until the caller flushes them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(slots=True)
+class GradStats:
+    """Gradient statistics of one step, as 0-d / 1-d tensors on the gradients' device."""
+
+    global_norm: Tensor
+    """0-d float32: norm of all gradients together (same value ``clip_grad_norm_`` returns)."""
+    layer_norms: Tensor
+    """[n_layers] float32: norm per module (parameters grouped by their owning module)."""
+    param_norms: Tensor
+    """[n_params_with_grad] float32: norm of each gradient tensor."""
+    nonfinite: Tensor
+    """0-d int64: number of gradient tensors that hold an inf or NaN."""
+    norm_type: float = 2.0
+
+
+def layer_of(param_name: str) -> str:
+    """Module that owns a parameter: ``encoder.0.weight`` -> ``encoder.0``."""
+    head, _, _ = param_name.rpartition(".")
+    return head or param_name
+
+
+class GradMonitor:
+    """Measures the gradients of a model's parameters, grouped per module.
+
+    Layers are listed in the order their first parameter appears in ``named_parameters()``,
+    which for most models is input to output. Parameters whose ``.grad`` is ``None`` (frozen,
+    unused this step) are skipped.
+    """
+
+    def __init__(self, named_parameters: Iterable[tuple[str, nn.Parameter]]) -> None:
+        self.param_names: list[str] = []
+        self.params: list[nn.Parameter] = []
+        self.layer_names: list[str] = []
+        layer_pos: dict[str, int] = {}
+        self._layer_of_param: list[int] = []
+        for name, param in named_parameters:
+            if not param.requires_grad:
+                continue
+            layer = layer_of(name)
+            if layer not in layer_pos:
+                layer_pos[layer] = len(self.layer_names)
+                self.layer_names.append(layer)
+            self.param_names.append(name)
+            self.params.append(param)
+            self._layer_of_param.append(layer_pos[layer])
+        if not self.params:
+            raise ValueError("model has no trainable parameters to monitor.")
+        self._index_cache: dict[tuple[int, ...], Tensor] = {}
+        self.last_grads: list[Tensor] = []
+        self.last_index: Tensor | None = None
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> GradMonitor:
+        return cls(model.named_parameters())
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_names)
+
+    def grads(self) -> tuple[list[Tensor], list[int]]:
+        """Gradient tensors present now, and the positions of their parameters."""
+        grads, present = [], []
+        for i, p in enumerate(self.params):
+            if p.grad is not None:
+                grads.append(p.grad)
+                present.append(i)
+        return grads, present
+
+    def _layer_index(self, present: list[int], device: torch.device) -> Tensor:
+        key = tuple(present)
+        index = self._index_cache.get(key)
+        if index is None or index.device != device:
+            index = torch.tensor([self._layer_of_param[i] for i in present], device=device)
+            self._index_cache[key] = index
+        return index
+
+    def measure(self, norm_type: float = 2.0) -> GradStats:
+        """One pass over the gradients: per-tensor, per-layer, global norms, non-finite count."""
+        grads, present = self.grads()
+        device = self.params[0].device
+        if not grads:
+            zero = torch.zeros((), device=device)
+            return GradStats(zero, torch.zeros(self.n_layers, device=device),
+                             torch.zeros(0, device=device),
+                             torch.zeros((), dtype=torch.int64, device=device), norm_type)
+        device = grads[0].device
+        param_norms = torch.stack(torch._foreach_norm(grads, norm_type)).float()
+        index = self._layer_index(present, device)
+        self.last_grads, self.last_index = grads, index
+        layer_norms, global_norm = reduce_norms(param_norms, index, self.n_layers, norm_type)
+        nonfinite = (~torch.isfinite(param_norms)).sum()
+        return GradStats(global_norm, layer_norms, param_norms, nonfinite, norm_type)
+
+
+def reduce_norms(param_norms: Tensor, index: Tensor, n_groups: int, norm_type: float
+                 ) -> tuple[Tensor, Tensor]:
+    """Combine per-tensor p-norms into per-group and global p-norms, on device."""
+    if math.isinf(norm_type):
+        groups = torch.zeros(n_groups, device=param_norms.device).scatter_reduce(
+            0, index, param_norms, reduce="amax", include_self=True)
+        return groups, param_norms.max()
+    powered = param_norms.pow(norm_type)
+    groups = torch.zeros(n_groups, device=param_norms.device).index_add_(0, index, powered)
+    return groups.pow(1.0 / norm_type), powered.sum().pow(1.0 / norm_type)
+
+
+def grad_norms(module: nn.Module, norm_type: float = 2.0) -> dict[str, Tensor]:
+    """Convenience: ``{"global": ..., "<layer>": ...}`` for a module's current gradients."""
+    monitor = GradMonitor.for_model(module)
+    stats = monitor.measure(norm_type)
+    out = {"global": stats.global_norm}
+    out.update(zip(monitor.layer_names, stats.layer_norms.unbind(0), strict=True))
+    return out

@@ -1,0 +1,318 @@
+"""The ``stabsweep`` command line: thin typer wrappers over library functions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="stabsweep",
+    no_args_is_help=True,
+    add_completion=False,
+    help="Sweeps and diagnostics for PyTorch training stability.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One-line error on stderr and a non-zero exit."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+StorageOpt = Annotated[str | None, typer.Option(
+    "--storage", help="Optuna storage URL (default: sqlite:///./stabsweep.db).")]
+
+
+@app.command()
+def run(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Sweep spec YAML.")],
+    n_trials: Annotated[int | None, typer.Option(help="Finished trials to reach.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Concurrent trials (default: as many as fit the CPUs/GPUs).")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="Join this Ray cluster (e.g. auto or ray://head:10001).")] = None,
+    storage: StorageOpt = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: the spec's).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")] = None,
+    no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")
+                           ] = False,
+    cpus_per_trial: Annotated[float, typer.Option(help="CPUs per trial (torch threads).")] = 1.0,
+    gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial; fractions allowed.")
+                              ] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Override the spec's seed.")] = None,
+    max_retries: Annotated[int, typer.Option(help="Retries of a trial whose worker died.")] = 2,
+    storage_host: Annotated[str, typer.Option(
+        help="Host the storage proxy binds to for remote workers (SQLite storage only).")
+    ] = "127.0.0.1",
+) -> None:
+    """Run (or resume) a stability sweep."""
+    from sweeps.progress import SweepDisplay, summary_table
+    from sweeps.runner import RunOptions, SweepError, SweepInterrupted, run_sweep
+    from sweeps.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(spec_path)
+    except SpecError as exc:
+        fail(_spec_message(exc, spec_path))
+    if n_trials is not None and n_trials < 1:
+        fail(f"--n-trials must be >= 1; got {n_trials}.")
+    if cpus_per_trial <= 0 or gpus_per_trial < 0:
+        fail("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0.")
+    if storage_host != "127.0.0.1":
+        err_console.print(f"note: the storage proxy will listen on {storage_host}, reachable "
+                          "from other machines on that network.")
+    options = RunOptions(n_trials=n_trials, workers=workers, ray_address=ray_address,
+                         storage=storage, study=study, tracking_uri=tracking_uri,
+                         tracking=not no_tracking, cpus_per_trial=cpus_per_trial,
+                         gpus_per_trial=gpus_per_trial, seed=seed, max_retries=max_retries,
+                         storage_host=storage_host)
+    display = SweepDisplay(console)
+    try:
+        summary = run_sweep(spec, options, on_event=display)
+    except SpecError as exc:
+        display.close()
+        fail(_spec_message(exc, spec_path))
+    except SweepInterrupted as exc:
+        display.close()
+        name = study or spec.study
+        err_console.print(f"{exc}. Resume with: stabsweep run {spec_path}"
+                          + (f" --study {name}" if study else ""), highlight=False)
+        raise typer.Exit(130) from None
+    except SweepError as exc:
+        display.close()
+        fail(str(exc))
+    display.close()
+    console.print(summary_table(summary))
+    name = summary.study
+    console.print(f"next: stabsweep status {name} | stabsweep report {name} | "
+                  f"stabsweep export {name} -o best.yaml", highlight=False)
+
+
+def _spec_message(exc: Exception, path: Path) -> str:
+    source = getattr(exc, "source", None)
+    where = getattr(exc, "path", None)
+    if source and source != where:
+        return f"{source}: {exc}"
+    return str(exc)
+
+
+def _load_study(name: str, storage: str | None):  # type: ignore[no-untyped-def]
+    import optuna
+
+    from mlflow_setup.uri import redact
+    from sweeps.storage import default_storage_url, sqlite_path
+
+    url = storage or default_storage_url()
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        fail(f"no study storage at {path}; run `stabsweep run SPEC` here first, "
+             "or pass --storage.")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        names = optuna.get_all_study_names(storage=url)
+        fail(f"no study {name!r} in {redact(url)}; studies there: {', '.join(names) or 'none'}.")
+
+
+@app.command()
+def status(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Each trial: state, why, params, value, steps run."""
+    from sweeps.report import render_status, study_status
+
+    data = study_status(_load_study(study, storage))
+    if as_json:
+        print(json.dumps(data, default=str))
+    else:
+        render_status(data, console)
+
+
+@app.command()
+def report(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Output folder (default: stabsweep-out/STUDY).")] = None,
+) -> None:
+    """Explosion rate by parameter, stability map, importances, diagnoses."""
+    from sweeps.report import write_report
+
+    loaded = _load_study(study, storage)
+    paths = write_report(loaded, out or Path("stabsweep-out") / study)
+    console.print(Path(paths.report_md).read_text(), highlight=False, markup=False)
+    console.print(f"report written to {Path(paths.report_md).parent}/", highlight=False)
+
+
+@app.command()
+def export(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="YAML file to write.")
+                      ] = Path("best.yaml"),
+    storage: StorageOpt = None,
+    top: Annotated[int, typer.Option(help="Candidates to confirm.")] = 1,
+    confirm_seeds: Annotated[int, typer.Option(
+        help="Re-run the top N on K new seeds; keep one with no explosion.")] = 0,
+) -> None:
+    """Export the best stable config (optionally confirmed on new seeds)."""
+    from sweeps.export import ExportError, export_best
+
+    if top < 1 or confirm_seeds < 0:
+        fail("--top must be >= 1 and --confirm-seeds >= 0.")
+    loaded = _load_study(study, storage)
+    try:
+        export_best(loaded, output, top=top, confirm_seeds=confirm_seeds,
+                             console=console)
+    except ExportError as exc:
+        fail(str(exc), code=1)
+    console.print("apply it in your loop:\n"
+                  f"    guard = StabilityGuard.from_yaml({str(output)!r}, model)\n"
+                  "    if guard.step(loss): break   # replaces backward / clip / step",
+                  highlight=False)
+
+
+@app.command()
+def ui(
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+) -> None:
+    """Start the MLflow UI on the sweep's store (127.0.0.1) and print its URL."""
+    import signal
+    import threading
+
+    from mlflow_setup import ServerStartError, resolve_tracking_uri, start_server
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        console.print(f"the tracking store is a server already: open {uri}", highlight=False)
+        return
+    try:
+        server = start_server(port=port, host=host, backend_store_uri=uri)
+    except ServerStartError as exc:
+        fail(str(exc))
+    console.print(f"MLflow UI: {server.url}/#/experiments?workflowType=machine_learning "
+                  "(Ctrl-C to stop)", highlight=False)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0) and server.alive():
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@app.command()
+def sync(
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    spool: Annotated[Path, typer.Option(help="Spool folder.")] = Path(".stabsweep/spool"),
+) -> None:
+    """Upload what a sweep spooled while the tracking server was down."""
+    from mlflow_setup import resolve_tracking_uri
+    from sweeps.tracking import sync_spool
+
+    result = sync_spool(spool, resolve_tracking_uri(tracking_uri))
+    console.print(str(result), highlight=False)
+
+
+@app.command()
+def workloads() -> None:
+    """List the built-in workloads and their arguments."""
+    from stability.workloads import describe_workloads
+
+    table = Table(title="built-in workloads (or give package.module:factory)")
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    table.add_column("arguments")
+    for item in describe_workloads():
+        args = ", ".join(f"{k}={v!r}" for k, v in item["args"].items())
+        table.add_row(item["name"], item["description"], args)
+    console.print(table)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="StabilityConfig YAML/JSON (e.g. an export).")],
+    workload: Annotated[str, typer.Option("--workload", "-w",
+                                          help="Built-in name or package.module:factory.")],
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the workload and the model.")] = 0,
+    arg: Annotated[list[str] | None, typer.Option(
+        "--arg", help="Workload argument as key=value (YAML value), repeatable.")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for trace.parquet, diagnosis.json and the plots.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train a workload under a config and print the diagnosis."""
+    from stability.config import ConfigError, StabilityConfig
+    from stability.trainer import train as run_training
+    from stability.workloads import WorkloadError
+
+    try:
+        cfg = StabilityConfig.load(config)
+        workload_args = _parse_args(arg or [])
+        result = run_training(workload, cfg, steps=steps, seed=seed, device=device,
+                              eval_every=eval_every, workload_args=workload_args)
+    except (ConfigError, WorkloadError) as exc:
+        fail(f"{config}: {exc}" if isinstance(exc, ConfigError) else str(exc))
+    if out is not None:
+        _save_run(result, out)
+    if as_json:
+        print(json.dumps({"steps_run": result.steps_run, "exploded": result.exploded,
+                          "final_eval": result.final_eval,
+                          "diagnosis": result.diagnosis.to_dict()}, default=str))
+    else:
+        console.print(f"[bold]{result.workload}[/] {result.steps_run} steps in "
+                      f"{result.wall_time_s:.1f} s; final eval: "
+                      + ", ".join(f"{k}={v:.4g}" for k, v in result.final_eval.items()))
+        console.print(result.diagnosis.summary(), highlight=False)
+        if out is not None:
+            console.print(f"trace, diagnosis and plots in {out}/")
+    raise typer.Exit(1 if result.exploded else 0)
+
+
+def _parse_args(items: list[str]) -> dict[str, object]:
+    import yaml
+
+    parsed: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--arg {item!r}: expected key=value, e.g. --arg seq_len=100")
+        parsed[key] = yaml.safe_load(value)
+    return parsed
+
+
+def _save_run(result, out: Path) -> None:  # type: ignore[no-untyped-def]
+    from stability import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    result.trace.to_parquet(out / "trace.parquet")
+    (out / "diagnosis.json").write_text(json.dumps(result.diagnosis.to_dict(), indent=2))
+    plots.plot_trace(result.trace, out / "grad_norm_trace.png", verdict=result.verdict,
+                     diagnosis=result.diagnosis)
+    plots.plot_layer_heatmap(result.trace, out / "layer_heatmap.png")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The Optuna storage: the study's source of truth, and how workers reach it.
+
+* Embedded default: ``sqlite:///<workdir>/stabsweep.db``. SQLite is not for parallel writers
+  (Optuna's FAQ: "database is locked"), so the driver is its only user: when workers need the
+  study (an Optuna pruner asks ``should_prune`` mid-trial), the driver serves the storage over
+  Optuna's gRPC storage proxy and workers connect to that. No shared filesystem is needed.
+* ``--storage postgresql://...`` (or mysql): workers connect to the database directly.
+
+A study file is held by one driver at a time (an advisory lock next to the database), so a
+second ``stabsweep run`` of the same study fails clearly instead of closing the first one's
+trials as interrupted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from mlflow_setup.uri import redact
+
+
+class StorageError(RuntimeError):
+    """The study storage cannot be opened or is in use."""
+
+
+def default_storage_url(workdir: str | Path = ".") -> str:
+    return f"sqlite:///{Path(workdir).resolve() / 'stabsweep.db'}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url[len("sqlite:///"):])
+
+
+class StudyStorage:
+    """Opens the storage for the driver and, when asked, serves it to the workers.
+
+    Args:
+        url: an SQLAlchemy URL; None for the embedded default in ``workdir``.
+        serve_host: where the gRPC proxy listens (SQLite only): 127.0.0.1 unless the user
+            names a host for workers on other machines.
+    """
+
+    def __init__(self, url: str | None = None, *, workdir: str | Path = ".",
+                 serve_host: str = "127.0.0.1") -> None:
+        self.url = url or default_storage_url(workdir)
+        self.display_url = redact(self.url)
+        self.serve_host = serve_host
+        self._lock_file: Any = None
+        self._server: Any = None
+        self.proxy_address: tuple[str, int] | None = None
+        path = sqlite_path(self.url)
+        if path is not None:
+            if not path.parent.is_dir():
+                raise StorageError(f"--storage {self.display_url}: folder {path.parent} does not "
+                                   "exist; create it or give another path.")
+            self._lock(path)
+        self.backend = self._open_backend()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    def _open_backend(self) -> Any:
+        import optuna
+
+        kwargs: dict[str, Any] = {}
+        if self.is_sqlite:
+            # One writer (this process), but the proxy thread and the driver may overlap.
+            kwargs = {"connect_args": {"timeout": 60}}
+        try:
+            rdb = optuna.storages.RDBStorage(self.url, engine_kwargs=kwargs)
+        except Exception as exc:  # SQLAlchemy errors vary by backend
+            self.close()
+            raise StorageError(f"--storage {self.display_url}: cannot open the study storage "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0]}).") from None
+        return optuna.storages.get_storage(rdb)
+
+    def _lock(self, db: Path) -> None:
+        lock_path = db.with_name(db.name + ".lock")
+        handle = open(lock_path, "a+")  # noqa: SIM115 - held for the driver's lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise StorageError(
+                f"{db} is in use by a running sweep ({owner}); wait for it to finish, stop it "
+                "with Ctrl-C, or give --storage another file.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        self._lock_file = handle
+
+    def worker_storage(self) -> Any:
+        """What a worker needs to reach the study: a URL, or a picklable gRPC proxy client."""
+        if not self.is_sqlite:
+            return self.url
+        if self.proxy_address is None:
+            self._serve()
+        from optuna.storages import GrpcStorageProxy
+
+        assert self.proxy_address is not None
+        host, port = self.proxy_address
+        return GrpcStorageProxy(host=host, port=port)
+
+    def _serve(self) -> None:
+        from optuna.storages._grpc.server import make_server
+
+        port = _free_port(self.serve_host)
+        self._server = make_server(self.backend, self.serve_host, port,
+                                   ThreadPoolExecutor(max_workers=4))
+        self._server.start()
+        connect = "127.0.0.1" if self.serve_host in ("0.0.0.0", "") else self.serve_host
+        if self.serve_host in ("0.0.0.0", "::"):
+            connect = socket.gethostbyname(socket.gethostname())
+        self.proxy_address = (connect, port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.stop(grace=2).wait()
+            self._server = None
+        if self._lock_file is not None:
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            finally:
+                self._lock_file.close()
+                self._lock_file = None
+
+    def __enter__(self) -> StudyStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host if host not in ("", "0.0.0.0") else "0.0.0.0", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,125 @@
+"""Shared helpers for the sweep end-to-end tests: specs, a fault-injecting workload, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+FIXTURE_MODULE = textwrap.dedent('''
+    """A user workload that wraps deep_mlp and injects faults on request."""
+    import os
+    import time
+
+    from stability.workloads import load_workload
+
+
+    class Faulty:
+        name = "faulty"
+
+        def __init__(self, seed, device, delay, die_once, fail, record):
+            self.inner = load_workload("deep_mlp", seed=seed, device=device, depth=3, width=8,
+                                       batch_size=16)
+            self.delay, self.die_once, self.fail, self.record = delay, die_once, fail, record
+            self.calls = 0
+
+        def model(self):
+            if self.record:
+                import ray
+                import torch
+                with open(os.path.join(self.record, f"{os.getpid()}-{time.time_ns()}"), "w") as f:
+                    f.write(f"{','.join(str(g) for g in ray.get_gpu_ids())};"
+                            f"{torch.get_num_threads()}")
+            return self.inner.model()
+
+        def batches(self):
+            return self.inner.batches()
+
+        def loss(self, model, batch):
+            self.calls += 1
+            if self.delay:
+                time.sleep(self.delay)
+            if self.fail == 1:
+                raise RuntimeError("boom from the faulty workload")
+            if self.die_once and self.calls == 5 and not os.path.exists(self.die_once):
+                open(self.die_once, "w").close()
+                os.kill(os.getpid(), 9)
+            return self.inner.loss(model, batch)
+
+        def evaluate(self, model):
+            return self.inner.evaluate(model)
+
+
+    def make(seed=0, device="cpu", delay=0.0, die_once="", fail=0, record=""):
+        return Faulty(seed, device, delay, die_once, fail, record)
+''')
+
+
+def small_spec(study: str = "t", n_trials: int = 6, steps: int = 40, **overrides: Any
+               ) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "study": study,
+        "workload": {"name": "deep_mlp", "args": {"depth": 3, "width": 8, "batch_size": 16}},
+        "steps": steps,
+        "eval_every": steps,
+        "report_every": 10,
+        "objective": {"metric": "eval_loss", "direction": "minimize"},
+        "n_trials": n_trials,
+        "seed": 0,
+        "sampler": {"name": "random"},
+        "fixed": {"optimizer": "sgd"},
+        "space": {
+            "lr": {"type": "float", "low": 1e-3, "high": 30.0, "log": True},
+            "clip_method": {"type": "categorical", "choices": ["none", "norm"]},
+            "clip_threshold": {"type": "float", "low": 0.5, "high": 5.0, "log": True,
+                               "when": {"clip_method": ["norm"]}},
+        },
+    }
+    spec.update(overrides)
+    return spec
+
+
+def write_spec(path: Path, spec: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def cli_env(workdir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(workdir)])
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env["RAY_DEDUP_LOGS"] = "0"
+    return env
+
+
+def cli(workdir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], cwd=workdir,
+                          env=cli_env(workdir), capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def cli_popen(workdir: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], cwd=workdir,
+                            env=cli_env(workdir), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def load(workdir: Path, study: str):  # type: ignore[no-untyped-def]
+    import optuna
+
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{workdir / 'stabsweep.db'}")
+
+
+def states(study) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts

@@ -1,0 +1,280 @@
+"""Explosion detectors on synthetic traces with known onsets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from stability.detectors import (
+    DEFAULT_DETECTORS,
+    CeilingDetector,
+    CompositeDetector,
+    Detector,
+    GrowthDetector,
+    LossDivergenceDetector,
+    MedianRatioDetector,
+    NonFiniteDetector,
+    NullDetector,
+    ZScoreSpikeDetector,
+    default_detector,
+)
+from stability.records import StepRecord, Verdict
+
+NAMES = ("embed", "fc1", "fc2", "fc3")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def healthy_layers(n: int, seed: int, sigma: float = 0.3) -> np.ndarray:
+    """[n, 4] per-layer norms: lognormal noise around distinct levels."""
+    rng = np.random.default_rng(seed)
+    levels = np.array([0.5, 1.0, 0.8, 0.3])
+    return levels * np.exp(rng.normal(0.0, sigma, size=(n, len(NAMES))))
+
+
+def records(layers: np.ndarray, losses: np.ndarray | None = None,
+            overflow: np.ndarray | None = None) -> list[StepRecord]:
+    out = []
+    for i, row in enumerate(layers):
+        with np.errstate(over="ignore", invalid="ignore"):
+            norm = float(np.sqrt(np.sum(row.astype(np.float64) ** 2)))
+        if norm > FLOAT32_MAX:
+            norm = math.inf  # what a float32 reduction on device gives
+        nonfinite = int((~np.isfinite(row)).sum())
+        out.append(StepRecord(
+            step=i, loss=1.0 if losses is None else float(losses[i]), global_norm=norm,
+            layer_norms=row.copy(), layer_names=NAMES, lr=1e-3,
+            overflow=bool(overflow[i]) if overflow is not None else False,
+            nonfinite=nonfinite))
+    return out
+
+
+def first_verdict(detector: Detector, recs: list[StepRecord]) -> Verdict | None:
+    for rec in recs:
+        verdict = detector.observe(rec.step, rec)
+        if verdict is not None:
+            return verdict
+    return None
+
+
+def exploding(onset: int = 100, rate: float = 1.3, n: int = 500, seed: int = 1) -> np.ndarray:
+    """Every layer grows from ``onset``: fc3 by x``rate`` per step, the others by x1.15."""
+    layers = healthy_layers(n, seed, sigma=0.2)
+    t = np.arange(n, dtype=np.float64)[:, None]
+    rates = np.array([1.15, 1.15, 1.15, rate])
+    with np.errstate(over="ignore"):
+        layers *= np.where(t > onset, rates ** (t - onset), 1.0)
+    return layers
+
+
+def test_growth_flagged_early_and_before_inf() -> None:
+    onset, rate = 100, 1.3
+    recs = records(exploding(onset, rate))
+    inf_step = next(r.step for r in recs if not math.isfinite(r.global_norm))
+    assert inf_step > onset + 300  # the trace does give warning
+    for detector in (GrowthDetector(), default_detector()):
+        verdict = first_verdict(detector, recs)
+        assert verdict is not None
+        assert onset <= verdict.step <= onset + 15
+        assert verdict.step < inf_step
+        assert verdict.layer == "fc3"
+    growth = first_verdict(GrowthDetector(), recs)
+    assert growth is not None and growth.kind == "growth" and growth.detector == "GrowthDetector"
+    assert growth.value > growth.threshold == 0.1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_healthy_lognormal_trace_is_quiet(seed: int) -> None:
+    recs = records(healthy_layers(2000, seed, sigma=0.3),
+                   losses=np.exp(np.random.default_rng(seed).normal(0, 0.3, 2000)))
+    assert first_verdict(default_detector(), recs) is None
+
+
+def test_single_spike_that_recovers_is_quiet() -> None:
+    layers = healthy_layers(2000, seed=3)
+    layers[1000] *= 50.0
+    recs = records(layers)
+    assert first_verdict(default_detector(), recs) is None
+    # the spike is plainly visible: without patience the z-score detector fires on it
+    eager = first_verdict(ZScoreSpikeDetector(patience=1), recs)
+    assert eager is not None and eager.step == 1000 and eager.kind == "spike"
+
+
+def test_decaying_spike_is_not_an_explosion() -> None:
+    layers = healthy_layers(2000, seed=4)
+    for k, factor in enumerate((50.0, 20.0, 10.0, 5.0)):
+        layers[1000 + k] *= factor
+    assert first_verdict(default_detector(), records(layers)) is None
+
+
+def test_warmup_transient_is_quiet() -> None:
+    layers = healthy_layers(1000, seed=5)
+    t = np.arange(1000)
+    layers *= np.where(t < 30, 100.0 ** (1 - t / 30), 1.0)[:, None]  # 100x at step 0
+    assert first_verdict(default_detector(), records(layers)) is None
+
+
+def test_nan_at_step_k_names_first_nonfinite_layer() -> None:
+    layers = healthy_layers(300, seed=6)
+    layers[137, 2] = np.nan
+    layers[137, 3] = np.inf
+    recs = records(layers)
+    verdict = first_verdict(default_detector(), recs)
+    assert verdict is not None
+    assert (verdict.kind, verdict.step, verdict.layer) == ("nonfinite", 137, "fc2")
+    assert verdict.value == 2.0 and verdict.detector == "NonFiniteDetector"
+
+
+def test_nan_loss_alone_is_nonfinite() -> None:
+    losses = np.ones(50)
+    losses[20] = np.inf
+    verdict = first_verdict(NonFiniteDetector(), records(healthy_layers(50, 7), losses))
+    assert verdict is not None and (verdict.kind, verdict.step, verdict.layer) == (
+        "nonfinite", 20, None)
+
+
+def _fp16(streak_at: int | None, streak: int) -> list[StepRecord]:
+    n = 600
+    layers = healthy_layers(n, seed=8)
+    overflow = np.zeros(n, dtype=bool)
+    overflow[::50] = True  # isolated scaler back-offs
+    if streak_at is not None:
+        overflow[streak_at:streak_at + streak] = True
+    layers[overflow, 1] = np.inf  # the scaled grads overflowed
+    return records(layers, overflow=overflow)
+
+
+def test_isolated_fp16_overflows_are_quiet() -> None:
+    assert first_verdict(default_detector(), _fp16(None, 0)) is None
+    assert first_verdict(default_detector(), _fp16(300, 11)) is None
+
+
+def test_overflow_streak_fires_on_twelfth_in_a_row() -> None:
+    verdict = first_verdict(default_detector(), _fp16(300, 12))
+    assert verdict is not None
+    assert (verdict.kind, verdict.step, verdict.value, verdict.threshold) == (
+        "overflow_streak", 311, 12.0, 12.0)
+    assert verdict.layer == "fc1"
+
+
+def test_loss_divergence_after_warmup() -> None:
+    n = 600
+    losses = np.full(n, 0.5)
+    losses[:50] = np.linspace(2.0, 0.5, 50)
+    losses[400:] = 8.0  # 16x the best (smoothed) loss of 0.5
+    recs = records(healthy_layers(n, seed=9), losses)
+    verdict = first_verdict(LossDivergenceDetector(factor=10.0, patience=3), recs)
+    assert verdict is not None
+    assert (verdict.kind, verdict.step, verdict.value) == ("loss_divergence", 402, 8.0)
+    assert verdict.threshold == pytest.approx(5.0, rel=1e-6)  # 10 x the flat 0.5
+    composite = first_verdict(default_detector(), recs)
+    assert composite is not None and composite.kind == "loss_divergence"
+    assert composite.step == 402
+
+
+def test_loss_rise_during_warmup_is_ignored() -> None:
+    losses = np.full(200, 1.0)
+    losses[10:20] = 50.0
+    assert first_verdict(LossDivergenceDetector(warmup=50), records(
+        healthy_layers(200, 10), losses)) is None
+
+
+def test_ceiling_names_layer_with_largest_ratio() -> None:
+    layers = np.ones((20, 4))
+    layers[7] = [1.0, 2.0, 5.0e4, 3.0]  # fc2 is 5e4x its baseline
+    verdict = first_verdict(CeilingDetector(max_norm=1e4), records(layers))
+    assert verdict is not None
+    assert (verdict.kind, verdict.step, verdict.layer, verdict.threshold) == (
+        "ceiling", 7, "fc2", 1e4)
+    assert verdict.value == pytest.approx(math.sqrt(1 + 4 + 2.5e9 + 9))
+
+
+def test_median_ratio_hand_computed() -> None:
+    layers = np.ones((30, 4)) * 0.5  # global norm exactly 1.0
+    layers[20:] *= 20.0
+    verdict = first_verdict(MedianRatioDetector(window=64, ratio=10.0, patience=3),
+                            records(layers))
+    assert verdict is not None
+    assert (verdict.kind, verdict.step) == ("median_ratio", 22)
+    assert verdict.value == pytest.approx(20.0) and verdict.threshold == pytest.approx(10.0)
+
+
+def test_spike_ratio_floor_ignores_small_level_shift() -> None:
+    # a very smooth trace: a lasting 1.5x step is many sigmas but under min_ratio = 2
+    layers = np.full((400, 4), 0.5) * (1 + 1e-4 * np.sin(np.arange(400)))[:, None]
+    layers[200:] *= 1.5
+    assert first_verdict(ZScoreSpikeDetector(), records(layers)) is None
+    layers[300:] *= 3.0  # now 4.5x the baseline, sustained
+    verdict = first_verdict(ZScoreSpikeDetector(patience=3), records(layers))
+    assert verdict is not None and verdict.step == 302
+
+
+def test_reset_clears_state() -> None:
+    recs = records(exploding())
+    composite = default_detector()
+    first = first_verdict(composite, recs)
+    composite.reset()
+    assert first_verdict(composite, recs) == first
+    nonfinite = NonFiniteDetector(max_overflow_streak=3)
+    streak = _fp16(None, 0)[1:3]
+    for rec in streak:
+        rec.overflow = True
+        assert nonfinite.observe(rec.step, rec) is None
+    nonfinite.reset()
+    assert nonfinite.observe(3, streak[0]) is None  # the streak restarted at one
+    assert nonfinite.observe(4, streak[0]) is None
+    assert nonfinite.observe(5, streak[0]) is not None
+
+
+def test_null_and_composite_order() -> None:
+    recs = records(healthy_layers(10, 11))
+    assert first_verdict(NullDetector(), recs) is None
+    recs[5].global_norm = 5e4  # both a ceiling crossing...
+    recs[5].loss = math.nan  # ...and a NaN loss on the same step: the first listed wins
+    verdict = first_verdict(CompositeDetector([CeilingDetector(), NonFiniteDetector()]), recs)
+    assert verdict is not None and verdict.kind == "ceiling"
+    verdict = first_verdict(CompositeDetector([NonFiniteDetector(), CeilingDetector()]), recs)
+    assert verdict is not None and verdict.kind == "nonfinite"
+
+
+@pytest.mark.parametrize(("make", "words"), [
+    (lambda: ZScoreSpikeDetector(z_threshold=-1.0), ["z_threshold", "> 0", "-1.0", "4.0"]),
+    (lambda: ZScoreSpikeDetector(alpha=1.0), ["alpha", "< 1.0", "got 1.0"]),
+    (lambda: ZScoreSpikeDetector(warmup=1), ["warmup", ">= 2", "got 1"]),
+    (lambda: NonFiniteDetector(max_overflow_streak=0), ["max_overflow_streak", ">= 1", "0"]),
+    (lambda: NonFiniteDetector(max_overflow_streak=2.5), ["an integer", "2.5"]),
+    (lambda: CeilingDetector(max_norm=math.inf), ["max_norm", "finite", "inf"]),
+    (lambda: GrowthDetector(window=2), ["window", ">= 3", "got 2"]),
+    (lambda: MedianRatioDetector(ratio=1.0), ["ratio", "> 1.0", "got 1.0"]),
+    (lambda: LossDivergenceDetector(factor=True), ["factor", "got True"]),
+])
+def test_constructor_validation_quotes_the_value(make, words) -> None:
+    with pytest.raises(ValueError) as info:
+        make()
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_composite_rejects_non_detectors() -> None:
+    with pytest.raises(TypeError, match=r"detectors\[1\] must be a Detector"):
+        CompositeDetector([NullDetector(), object()])  # type: ignore[list-item]
+
+
+def test_default_detector_overrides() -> None:
+    kinds = [d.kind for d in default_detector().detectors]
+    assert kinds == list(DEFAULT_DETECTORS)
+    tuned = default_detector({"spike.z_threshold": 5.0}, **{"growth.window": 24})
+    spike = next(d for d in tuned.detectors if isinstance(d, ZScoreSpikeDetector))
+    growth = next(d for d in tuned.detectors if isinstance(d, GrowthDetector))
+    assert (spike.z_threshold, growth.window) == (5.0, 24)
+    nested = default_detector({"ceiling": {"max_norm": 100.0}, "median_ratio": None})
+    assert [d.kind for d in nested.detectors] == [
+        "nonfinite", "ceiling", "spike", "growth", "loss_divergence"]
+    assert nested.detectors[1].max_norm == 100.0  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=r"spike has no argument 'bogus'.*z_threshold"):
+        default_detector({"spike.bogus": 1})
+    with pytest.raises(ValueError, match=r"unknown detector 'spikes'.*nonfinite"):
+        default_detector({"spikes.z_threshold": 1})
+    with pytest.raises(ValueError, match="z_threshold must be"):
+        default_detector({"spike.z_threshold": 0})

@@ -1,0 +1,194 @@
+"""diagnose(): onset, first layer, growth rate, loss impact and numeric suggestions."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stability.config import StabilityConfig
+from stability.diagnose import Diagnosis, Suggestion, diagnose
+from stability.records import Verdict
+
+LAYERS = ("embed", "fc1", "fc2", "fc3")
+ONSET, RATE, NAN_AT = 120, 1.25, 160
+
+
+def make_trace(n: int, layers: np.ndarray, loss: np.ndarray, lr: float | np.ndarray = 1e-2,
+               overflow: np.ndarray | None = None, amp_scale: float = 1.0,
+               clip_threshold: float = math.nan) -> pd.DataFrame:
+    with np.errstate(over="ignore", invalid="ignore"):
+        norm = np.sqrt((layers ** 2).sum(axis=1))
+    frame = pd.DataFrame({
+        "step": np.arange(n, dtype=np.int64), "loss": loss, "grad_norm": norm,
+        "lr": np.broadcast_to(lr, (n,)).astype(np.float64), "clip_coef": 1.0,
+        "clip_threshold": clip_threshold, "amp_scale": amp_scale,
+        "overflow": overflow if overflow is not None else np.zeros(n, dtype=bool),
+        "nonfinite": (~np.isfinite(layers)).sum(axis=1).astype(np.int64),
+    })
+    for j, name in enumerate(LAYERS):
+        frame[f"grad_norm/{name}"] = layers[:, j]
+    return frame
+
+
+def exploding_trace(seed: int = 0) -> pd.DataFrame:
+    """Flat noisy norms; fc3 grows x1.25 per step from step 120, fc2 from 130; inf at 160."""
+    n = NAN_AT + 1
+    rng = np.random.default_rng(seed)
+    layers = np.array([0.2, 0.2, 0.2, 1.0]) * np.exp(rng.normal(0.0, 0.1, (n, 4)))
+    t = np.arange(n, dtype=np.float64)
+    layers[:, 3] *= np.where(t > ONSET, RATE ** (t - ONSET), 1.0)
+    layers[:, 2] *= np.where(t > ONSET + 10, 1.1 ** (t - ONSET - 10), 1.0)
+    layers[NAN_AT, 3] = np.inf
+    loss = 0.7 + 0.02 * rng.standard_normal(n)
+    loss[NAN_AT] = np.inf
+    return make_trace(n, layers, loss, lr=np.linspace(1e-3, 5e-2, n))
+
+
+def nan_verdict() -> Verdict:
+    return Verdict(kind="nonfinite", step=NAN_AT, value=1.0, threshold=0.0, layer="fc3",
+                   detector="NonFiniteDetector", message="loss inf")
+
+
+@pytest.mark.parametrize("verdict", [nan_verdict(), None], ids=["given", "replayed"])
+def test_explosion_onset_layer_growth_and_loss(verdict: Verdict | None) -> None:
+    trace = exploding_trace()
+    diag = diagnose(trace, verdict)
+    assert diag.exploded
+    assert abs(diag.onset_step - ONSET) <= 3
+    assert diag.first_layer == "fc3"
+    assert diag.growth_rate == pytest.approx(RATE, rel=0.10)
+    pre = trace["grad_norm"].to_numpy()[: diag.onset_step]
+    assert diag.pre_onset_norm_p90 == pytest.approx(np.percentile(pre, 90), rel=1e-12)
+    assert diag.loss_before == pytest.approx(0.7, abs=0.01)
+    assert diag.lr_at_onset == trace["lr"].iloc[diag.onset_step]
+    if verdict is not None:
+        assert (diag.verdict_step, diag.verdict_kind) == (NAN_AT, "nonfinite")
+        assert math.isinf(diag.loss_after)
+    else:  # the detectors catch it well before the loss turns non-finite
+        assert ONSET < diag.verdict_step < NAN_AT
+        assert diag.loss_after == pytest.approx(0.7, abs=0.1)
+
+
+def test_clip_suggestion_is_the_printed_p90() -> None:
+    diag = diagnose(exploding_trace(), nan_verdict(), StabilityConfig(lr=5e-2))
+    clip = next(s for s in diag.suggestions if s.intervention == "clip")
+    expected = float(f"{diag.pre_onset_norm_p90:.3g}")
+    assert clip.changes == {"clip_method": "norm", "clip_threshold": expected}
+    assert f"clip by norm at {expected:g}" in clip.text
+    assert diag.suggestions[0] is clip  # the numeric clip is the first fix here
+    warm = next(s for s in diag.suggestions if s.intervention == "warmup")
+    assert warm.changes == {"warmup_steps": 250}  # 2 x onset 120, rounded up to 50
+    lr = next(s for s in diag.suggestions if s.intervention == "lr")
+    assert lr.changes["lr"] == float(f"{diag.lr_at_onset / 3:.2g}")
+    for s in diag.suggestions:  # every change applies to the config
+        StabilityConfig(lr=5e-2).replace(**s.changes)
+
+
+def test_tight_clip_already_in_place_puts_lr_first() -> None:
+    trace = exploding_trace()
+    config = StabilityConfig(clip_method="norm", clip_threshold=0.5, warmup_steps=1000)
+    diag = diagnose(trace, nan_verdict(), config)
+    kinds = [s.intervention for s in diag.suggestions]
+    assert "clip" not in kinds and "warmup" not in kinds
+    assert kinds[0] == "lr"
+
+
+def test_healthy_trace() -> None:
+    n = 500
+    rng = np.random.default_rng(1)
+    layers = np.array([0.2, 0.3, 0.4, 0.5]) * np.exp(rng.normal(0, 0.2, (n, 4)))
+    trace = make_trace(n, layers, 1.0 / np.sqrt(1 + np.arange(n)))
+    diag = diagnose(trace)
+    norm = trace["grad_norm"].to_numpy()
+    assert not diag.exploded and diag.suggestions == []
+    assert diag.onset_step is None and diag.verdict is None
+    assert diag.max_norm == norm.max() and diag.max_norm_step == int(norm.argmax())
+    assert diag.pre_onset_norm_p90 == pytest.approx(np.percentile(norm, 90))
+    text = diag.summary()
+    assert text.startswith("healthy") and f"{norm.max():.4g}" in text
+    assert json.loads(json.dumps(diag.to_dict()))["exploded"] is False
+
+
+def test_fp16_many_overflows_suggests_bf16_first() -> None:
+    n = 292  # the guard stops at the verdict
+    rng = np.random.default_rng(2)
+    layers = np.array([0.2, 0.3, 0.4, 0.5]) * np.exp(rng.normal(0, 0.2, (n, 4)))
+    overflow = np.zeros(n, dtype=bool)
+    overflow[::7] = True  # 43 back-offs...
+    overflow[280:292] = True  # ...then twelve in a row
+    layers[overflow, 1] = np.inf
+    trace = make_trace(n, layers, np.full(n, 0.5), overflow=overflow, amp_scale=1024.0)
+    diag = diagnose(trace)  # replayed: overflow_streak at step 291
+    assert (diag.verdict_kind, diag.verdict_step) == ("overflow_streak", 291)
+    assert diag.overflow_count == int(overflow.sum())
+    assert diag.suggestions[0].intervention == "precision"
+    assert diag.suggestions[0].changes == {"precision": "bf16"}
+    assert f"{diag.overflow_count} of {n} steps overflowed" in diag.suggestions[0].text
+
+
+def test_recovered_transient_is_healthy() -> None:
+    n = 300
+    rng = np.random.default_rng(4)
+    layers = np.array([0.2, 0.3, 0.4, 0.5]) * np.exp(rng.normal(0, 0.2, (n, 4)))
+    layers[10:20] *= 1000.0
+    loss = np.full(n, 4.0)
+    loss[12:22] = 800.0  # 200x the initial loss, then back
+    loss[22:] = 1.0
+    assert not diagnose(make_trace(n, layers, loss)).exploded
+    loss[-1] = np.nan  # the same trace ending non-finite is replayed and diagnosed
+    diag = diagnose(make_trace(n, layers, loss))
+    assert (diag.verdict_kind, diag.verdict_step) == ("loss_divergence", 12)
+    assert diag.onset_step == 9  # the last step before the 1000x jump
+
+
+def test_recurrent_first_layer_suggests_orthogonal_init() -> None:
+    trace = exploding_trace().rename(columns={"grad_norm/fc3": "grad_norm/rnn"})
+    diag = diagnose(trace, nan_verdict())
+    assert diag.first_layer == "rnn"
+    init = next(s for s in diag.suggestions if s.intervention == "init")
+    assert init.changes == {"init": "orthogonal", "init_gain": 1.0}
+
+
+def test_abrupt_nan_without_warning() -> None:
+    n = 300
+    rng = np.random.default_rng(3)
+    layers = np.array([0.2, 0.3, 0.4, 0.5]) * np.exp(rng.normal(0, 0.2, (n, 4)))
+    layers[250:, 1] = np.nan
+    loss = np.full(n, 0.4)
+    loss[250:] = np.nan
+    diag = diagnose(make_trace(n, layers, loss))
+    assert (diag.verdict_kind, diag.verdict_step, diag.first_layer) == ("nonfinite", 250, "fc1")
+    assert diag.onset_step == 249  # the last step inside the healthy band
+    assert diag.loss_before == pytest.approx(0.4)
+    assert diag.loss_after is not None and math.isnan(diag.loss_after)
+
+
+def test_to_dict_is_json_and_summary_reads() -> None:
+    diag = diagnose(exploding_trace(), nan_verdict())
+    data = diag.to_dict()
+    text = json.dumps(data, allow_nan=False)  # strict JSON: no NaN / Infinity tokens
+    back = json.loads(text)
+    assert back["loss_after"] == "inf"
+    assert back["verdict"]["kind"] == "nonfinite"
+    assert back["suggestions"][0]["changes"]["clip_method"] == "norm"
+    summary = diag.summary()
+    assert f"onset at step {diag.onset_step}" in summary and "fc3" in summary
+    assert "1. clip by norm at" in summary
+
+
+def test_bad_trace_is_named() -> None:
+    with pytest.raises(ValueError, match="missing column 'grad_norm'"):
+        diagnose(pd.DataFrame({"step": [0], "loss": [1.0]}))
+    with pytest.raises(TypeError, match="DataFrame"):
+        diagnose([1, 2, 3])  # type: ignore[arg-type]
+    empty = diagnose(pd.DataFrame({"step": [], "loss": [], "grad_norm": []}))
+    assert not empty.exploded and "no steps" in empty.summary()
+
+
+def test_public_types() -> None:
+    s = Suggestion("clip", "clip by norm at 1", {"clip_method": "norm", "clip_threshold": 1.0})
+    assert isinstance(Diagnosis(exploded=False).suggestions, list) and s.changes
