@@ -180,12 +180,15 @@ class _Driver:
             self.emit("already_done", {"n_trials": self.spec.n_trials})
             return self._summary(start)
         self._open_tracking(study)
-        from sweeps.workers import WorkerPool, init_ray
+        from sweeps.workers import SweepResourceError, WorkerPool, init_ray
 
-        workers, self.ray_started = init_ray(
-            self.options.ray_address, workers=self.options.workers,
-            cpus_per_trial=self.options.cpus_per_trial,
-            gpus_per_trial=self.options.gpus_per_trial)
+        try:
+            workers, self.ray_started = init_ray(
+                self.options.ray_address, workers=self.options.workers,
+                cpus_per_trial=self.options.cpus_per_trial,
+                gpus_per_trial=self.options.gpus_per_trial)
+        except SweepResourceError as exc:
+            raise SweepError(str(exc)) from None
         self.needs_storage = self.spec.pruner.name != "none"
         self.worker_storage = self.storage.worker_storage() if self.needs_storage else None
         if self.worker_storage is not None and self.storage.proxy_address:
@@ -199,6 +202,9 @@ class _Driver:
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             self._loop()
+        except SweepResourceError as exc:
+            self._interrupt()
+            raise SweepError(str(exc)) from None
         except KeyboardInterrupt:
             self._interrupt()
             raise SweepInterrupted(

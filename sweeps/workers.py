@@ -65,6 +65,8 @@ class WorkerPool:
             num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_restarts=0,
             max_concurrency=1)
         self.slots: list[Slot] = [self._new_slot() for _ in range(n)]
+        self.start_failures = 0
+        self.max_start_failures = 2 * n + 2
 
     def _new_slot(self) -> Slot:
         actor = self._remote_cls.remote()
@@ -81,7 +83,12 @@ class WorkerPool:
                     try:
                         slot.info = self.ray.get(slot.ready_ref)
                         slot.ready = True
-                    except self.ray.exceptions.RayError:
+                    except self.ray.exceptions.RayError as exc:
+                        self.start_failures += 1
+                        if self.start_failures > self.max_start_failures:
+                            raise SweepResourceError(
+                                f"trial workers fail to start ({self.start_failures} times); "
+                                f"last error: {str(exc).strip().splitlines()[-1]}") from None
                         self.replace(i)
         return [i for i, s in enumerate(self.slots) if s.ready and i not in busy]
 

@@ -31,8 +31,8 @@ FIXTURE_MODULE = textwrap.dedent('''
             self.calls = 0
 
         def model(self):
-            if self.record:
-                import ray
+            import ray
+            if self.record and ray.is_initialized():
                 import torch
                 with open(os.path.join(self.record, f"{os.getpid()}-{time.time_ns()}"), "w") as f:
                     f.write(f"{','.join(str(g) for g in ray.get_gpu_ids())};"

@@ -286,6 +286,9 @@ def test_bad_builtin_values_name_the_argument() -> None:
     message = _message("transformer_lm", d_model=30, n_heads=4)
     assert "d_model must be divisible by n_heads" in message and "d_model=30" in message
     assert "device 'gpu0'" in _message("cnn_digits", device="gpu0")
+    assert "seed must be >= 0; got -1" in _message("deep_mlp", seed=-1)
+    if not torch.cuda.is_available():
+        assert "'cuda' is not available" in _message("deep_mlp", device="cuda")
 
 
 @pytest.fixture

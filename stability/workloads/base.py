@@ -73,17 +73,17 @@ def data_generator(seed: int, stream: str) -> torch.Generator:
 def check_positive_int(workload: str, name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise WorkloadError(
-            f"{workload}: {name} must be an integer >= {minimum}; got {value!r}."
+            f"workload {workload!r}: {name} must be an integer >= {minimum}; got {value!r}."
         )
     if value < minimum:
-        raise WorkloadError(f"{workload}: {name} must be >= {minimum}; got {value!r}.")
+        raise WorkloadError(f"workload {workload!r}: {name} must be >= {minimum}; got {value!r}.")
     return value
 
 
 def check_choice(workload: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise WorkloadError(
-            f"{workload}: {name} must be one of {', '.join(choices)}; got {value!r}."
+            f"workload {workload!r}: {name} must be one of {', '.join(choices)}; got {value!r}."
         )
     return str(value)
 
@@ -100,16 +100,23 @@ class BuiltinWorkload:
 
     def __init__(self, seed: int, device: str | torch.device, args: dict[str, Any]) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int):
-            raise WorkloadError(f"{self.name}: seed must be an integer; got {seed!r}.")
+            raise WorkloadError(
+                f"workload {self.name!r}: seed must be an integer; got {seed!r}."
+            )
         if seed < 0:
-            raise WorkloadError(f"{self.name}: seed must be >= 0; got {seed!r}.")
+            raise WorkloadError(f"workload {self.name!r}: seed must be >= 0; got {seed!r}.")
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as exc:
             raise WorkloadError(
-                f"{self.name}: device {device!r} is not a torch device ({exc}); "
+                f"workload {self.name!r}: device {device!r} is not a torch device ({exc}); "
                 "use e.g. 'cpu' or 'cuda:0'."
             ) from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise WorkloadError(
+                f"workload {self.name!r}: device {device!r} is not available on this machine "
+                "(torch.cuda.is_available() is False); use device 'cpu'."
+            )
         self.seed = seed
         self.args: dict[str, Any] = dict(args)
         """The workload's own arguments (not seed or device), as given to its factory."""
@@ -121,8 +128,10 @@ class BuiltinWorkload:
     # ---------------------------------------------------------------- model
     def model(self) -> nn.Module:
         """A fresh model with the same initial weights for the same seed, on every device."""
+        # Build on the CPU under a private seed; only the CPU generator is seeded (and then
+        # restored), so the caller's CPU and CUDA random streams are left as they were.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed + _STREAM_OFFSETS["model"])
+            torch.default_generator.manual_seed(self.seed + _STREAM_OFFSETS["model"])
             model = self._build_model()
         return model.to(self.device)
 
@@ -142,6 +151,3 @@ class BuiltinWorkload:
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
         raise NotImplementedError
-
-    def to_device(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(t.to(self.device) for t in tensors)

@@ -71,9 +71,7 @@ class DigitsWorkload(BuiltinWorkload):
         n_test = int(len(labels) * TEST_FRACTION)
         test, train = order[:n_test], order[n_test:]
         self.train_images, self.train_labels = images[train], labels[train]
-        self.eval_set: tuple[Tensor, Tensor] = self.to_device(
-            images[test], labels[test]
-        )  # type: ignore[assignment]
+        self.eval_set = (images[test].to(self.device), labels[test].to(self.device))
 
     def _build_model(self) -> nn.Module:
         return DigitsCNN(self.width)

@@ -60,6 +60,13 @@ class DeepMLPWorkload(BuiltinWorkload):
     Inputs are N(0, I) in 32 dimensions; targets have unit variance (mean-prediction MSE 1.0).
     Training batches are fresh draws from the seed; the teacher and the ``EVAL_SIZE`` held-out
     inputs are the same for every seed. ``evaluate`` reports ``eval_loss`` (always the MSE).
+
+    The layers keep PyTorch's default init (weight variance 1 / (3 fan_in)), under which the
+    input's share of the signal shrinks about 6x per ReLU layer: at depth 16 plain SGD barely
+    moves the loss (Adam trains it), so the init scheme is one of the knobs that matter here.
+    Measured at the defaults (seeds 0-2, 300 steps): plain SGD explodes from lr 1.2 (loss
+    > 1e6 within 5 to 22 steps, the gradient norm growing step after step before), and
+    clipping the norm at 1.0 keeps every lr up to 5 finite.
     """
 
     name = "deep_mlp"
@@ -86,9 +93,7 @@ class DeepMLPWorkload(BuiltinWorkload):
         gen = torch.Generator(device="cpu").manual_seed(_TASK_SEED)
         self.teacher = Teacher(gen)
         x_eval = torch.randn(EVAL_SIZE, IN_FEATURES, generator=gen)
-        self.eval_set: tuple[Tensor, Tensor] = self.to_device(
-            x_eval, self.teacher(x_eval)
-        )  # type: ignore[assignment]
+        self.eval_set = (x_eval.to(self.device), self.teacher(x_eval).to(self.device))
 
     def _build_model(self) -> nn.Module:
         layers: list[nn.Module] = [nn.Linear(IN_FEATURES, self.width)]

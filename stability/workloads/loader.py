@@ -123,7 +123,7 @@ def _import_factory(spec: str) -> WorkloadFactory:
             f"workload {spec!r}: {attr_path!r} is a {type(obj).__name__}, not callable; it must "
             "be a factory(seed=0, device='cpu', **kwargs) that returns a workload."
         )
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 def _check_arguments(spec: str, factory: WorkloadFactory, arguments: dict[str, Any]) -> None:

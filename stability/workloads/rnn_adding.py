@@ -90,9 +90,8 @@ class RNNAddingWorkload(BuiltinWorkload):
             seq_len, hidden, batch_size, loss
         )
         gen = torch.Generator(device="cpu").manual_seed(_EVAL_SEED)
-        self.eval_set: tuple[Tensor, Tensor] = self.to_device(
-            *make_adding_batch(EVAL_SIZE, seq_len, gen)
-        )  # type: ignore[assignment]
+        x_eval, y_eval = make_adding_batch(EVAL_SIZE, seq_len, gen)
+        self.eval_set = (x_eval.to(self.device), y_eval.to(self.device))
 
     def _build_model(self) -> nn.Module:
         return AddingRNN(self.hidden)
@@ -112,11 +111,11 @@ class RNNAddingWorkload(BuiltinWorkload):
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
         x, y = self.eval_set
-        mse = 0.0
+        total = torch.zeros((), device=self.device)
         for start in range(0, x.shape[0], 1024):
             pred = model(x[start:start + 1024])
-            mse += F.mse_loss(pred, y[start:start + 1024], reduction="sum").item()
-        mse /= x.shape[0]
+            total += F.mse_loss(pred, y[start:start + 1024], reduction="sum")
+        mse = total.item() / x.shape[0]
         return {"eval_loss": mse, "chance_ratio": mse / CHANCE_MSE}
 
 

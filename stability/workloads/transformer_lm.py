@@ -119,7 +119,8 @@ class TransformerLMWorkload(BuiltinWorkload):
         })
         if d_model % n_heads:
             raise WorkloadError(
-                f"{self.name}: d_model must be divisible by n_heads; got d_model={d_model}, "
+                f"workload {self.name!r}: d_model must be divisible by n_heads; got "
+                f"d_model={d_model}, "
                 f"n_heads={n_heads}."
             )
         text = corpus()
@@ -132,7 +133,8 @@ class TransformerLMWorkload(BuiltinWorkload):
         n_eval = min(MAX_EVAL_WINDOWS, len(held_out) // window)
         if n_eval < 1:
             raise WorkloadError(
-                f"{self.name}: seq_len must be below {len(held_out) - 1} (the held-out text); "
+                f"workload {self.name!r}: seq_len must be below {len(held_out) - 1} "
+                "(the length of the held-out text); "
                 f"got {seq_len}."
             )
         self.eval_windows = held_out[: n_eval * window].view(n_eval, window).to(self.device)
