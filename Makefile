@@ -29,9 +29,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PYTEST) -m "not slow and not e2e" -q
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test-slow: $(STAMP)
-	$(PYTEST) -m slow -q
+	$(PYTEST) -m "slow and not e2e" -q
 
 test-e2e: $(STAMP)
 	$(PYTEST) -m e2e -q

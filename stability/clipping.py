@@ -112,9 +112,13 @@ class NoClip:
 class NormClip:
     def __init__(self, max_norm: float) -> None:
         self.max_norm = max_norm
+        self._threshold: Tensor | None = None  # made once per device, not once per step
 
     def __call__(self, params, grads, stats):  # type: ignore[no-untyped-def]
-        return clip_by_norm(grads, stats.global_norm, self.max_norm)
+        norm = stats.global_norm
+        if self._threshold is None or self._threshold.device != norm.device:
+            self._threshold = _scalar(self.max_norm, norm)
+        return clip_by_norm(grads, norm, self._threshold)
 
 
 class ValueClip:

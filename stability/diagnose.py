@@ -154,27 +154,6 @@ def _log(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _replay(frame: pd.DataFrame) -> Verdict | None:
-    """No verdict given: run the default detectors, and flag a loss 10x its initial value."""
-    from stability.detectors import default_detector, records_from_trace
-
-    detector = default_detector()
-    loss = frame["loss"].to_numpy(np.float64)
-    head = loss[:10][np.isfinite(loss[:10])]
-    initial = float(np.median(head)) if head.size else math.nan
-    for record in records_from_trace(frame):
-        verdict = detector.observe(record.step, record)
-        if verdict is not None:
-            return verdict
-        value = record.loss
-        if initial > 0 and not record.overflow and math.isfinite(value) and (
-                value > 10.0 * initial):
-            return Verdict(kind="loss_divergence", step=record.step, value=value,
-                           threshold=10.0 * initial, detector="diagnose",
-                           message=f"loss {value:.4g} above 10x its initial {initial:.4g}")
-    return None
-
-
 def _ended_badly(loss: np.ndarray, norm: np.ndarray) -> bool:
     """The trace ends non-finite, with its loss still above 10x the initial loss, or with its
     grad norm still above 100x the run's median norm."""
@@ -285,9 +264,9 @@ def diagnose(trace: pd.DataFrame, verdict: Verdict | None = None,
     """Find the onset, first layer, growth rate and loss impact; suggest fixes, best first.
 
     Without a verdict, a trace that ends badly (non-finite last step, or a final loss above
-    10x the initial loss) is replayed through the default detectors, a loss above 10x its
-    initial value also counting, to find where it exploded. A trace that ends well is healthy:
-    a transient that the run recovered from is not an explosion.
+    10x the initial loss) is replayed through the default detectors (a loss above 10x its
+    first value is one of their rules) to find where it exploded. A trace that ends well is
+    healthy: a transient that the run recovered from is not an explosion.
     """
     frame = _validated(trace)
     n = len(frame)
@@ -305,7 +284,9 @@ def diagnose(trace: pd.DataFrame, verdict: Verdict | None = None,
         i = int(np.argmax(np.where(finite, norm, -np.inf)))
         diag.max_norm, diag.max_norm_step = float(norm[i]), int(steps[i])
     if verdict is None and _ended_badly(loss, norm):
-        verdict = _replay(frame)
+        from stability.detectors import default_detector, replay
+
+        verdict = replay(default_detector(), frame)  # the first verdict the guard would give
     if verdict is None:
         if finite.any():
             diag.pre_onset_norm_p90 = float(np.percentile(norm[finite], 90))

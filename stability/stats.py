@@ -64,6 +64,7 @@ class GradMonitor:
         if not self.params:
             raise ValueError("model has no trainable parameters to monitor.")
         self._index_cache: dict[tuple[int, ...], Tensor] = {}
+        self._all = list(range(len(self.params)))
         self.last_grads: list[Tensor] = []
         self.last_index: Tensor | None = None
 
@@ -77,15 +78,14 @@ class GradMonitor:
 
     def grads(self) -> tuple[list[Tensor], list[int]]:
         """Gradient tensors present now, and the positions of their parameters."""
-        grads, present = [], []
-        for i, p in enumerate(self.params):
-            if p.grad is not None:
-                grads.append(p.grad)
-                present.append(i)
-        return grads, present
+        grads = [p.grad for p in self.params]
+        if all(g is not None for g in grads):  # the common case: one list, no filtering
+            return grads, self._all  # type: ignore[return-value]
+        present = [i for i, g in enumerate(grads) if g is not None]
+        return [g for g in grads if g is not None], present
 
     def _layer_index(self, present: list[int], device: torch.device) -> Tensor:
-        key = tuple(present)
+        key = () if present is self._all else tuple(present)
         index = self._index_cache.get(key)
         if index is None or index.device != device:
             index = torch.tensor([self._layer_of_param[i] for i in present], device=device)

@@ -187,7 +187,7 @@ class _OptunaReporter:
 
 
 def _start_tracking(task: TrialTask) -> Any:
-    if task.tracking is None:
+    if task.tracking is None or not getattr(task.tracking, "enabled", True):
         return None
     from sweeps.tracking import TrialTracker
 

@@ -80,7 +80,7 @@ class SweepDisplay:
                 f"({data['steps_run']} steps, {data['wall_time_s']:.1f} s) {params}")
         if outcome != keys.COMPLETE:
             line += f"\n            {data['reason']}"
-        self.console.print(line, highlight=False)
+        self.console.print(line, highlight=False, soft_wrap=True)
         if self.progress is not None:
             self.progress.update(self.task_id, completed=self.counts["finished"],
                                  status=self._status())

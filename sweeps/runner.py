@@ -18,6 +18,7 @@ and retried; finished trials are never run again; the study reaches ``n_trials``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -207,6 +208,8 @@ class _Driver:
             raise SweepError(str(exc)) from None
         except KeyboardInterrupt:
             self._interrupt()
+            if self.tracker is not None:
+                self.tracker.close("KILLED")
             raise SweepInterrupted(
                 f"interrupted: {self.spec.study!r} keeps its finished trials") from None
         finally:
@@ -394,7 +397,8 @@ class _Driver:
 
             out = Path(self.options.workdir) / "stabsweep-out" / self.spec.study
             paths = write_report(self.study, out)
-            files = {name: Path(p) for name, p in vars(paths).items() if p is not None}
+            files = {f.name: Path(getattr(paths, f.name)) for f in dataclasses.fields(paths)
+                     if f.name not in ("out_dir", "notes") and getattr(paths, f.name)}
             self.tracker.finish_study(files, {
                 "n_finished": sum(summary.counts.get(k, 0) for k in
                                   (keys.COMPLETE, keys.EXPLODED, keys.SLOW)),

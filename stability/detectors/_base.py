@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from abc import ABC, abstractmethod
@@ -16,10 +17,11 @@ _BASELINE_ROWS = 32
 """healthy steps kept per detector to name the first layer to cross (median per layer)."""
 
 
-def _number(owner: str, name: str, value: Any, default: Any, *, integer: bool = False,
+def _number(owner: Detector, name: str, value: Any, *, integer: bool = False,
             minimum: float | None = None, above: float | None = None,
             below: float | None = None) -> Any:
-    """Validate one constructor argument; the message names it, the rule and the value."""
+    """Validate one constructor argument; the message names it, the rule, the value and the
+    default (read from the constructor's signature, so it never drifts)."""
     kind = "an integer" if integer else "a finite number"
     ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
     ok = ok and math.isfinite(value)
@@ -34,7 +36,8 @@ def _number(owner: str, name: str, value: Any, default: Any, *, integer: bool = 
         rule += f" and < {below}"
         ok = ok and value < below
     if not ok:
-        raise ValueError(f"{owner}: {name} must be {kind}{rule} but got {value!r}; "
+        default = inspect.signature(type(owner)).parameters[name].default
+        raise ValueError(f"{owner.name}: {name} must be {kind}{rule} but got {value!r}; "
                          f"pass e.g. {default!r} (the default).")
     return value if integer else float(value)
 
@@ -57,7 +60,9 @@ class _LayerBaseline:
         self._rows: deque[np.ndarray] = deque(maxlen=_BASELINE_ROWS)
 
     def push(self, stats: StepRecord) -> None:
-        self._rows.append(np.array(stats.layer_norms, dtype=np.float64))
+        # a reference, not a copy (no allocation per step): records are not mutated once
+        # observed; the guard's are rows of a block it keeps for the trace
+        self._rows.append(np.asarray(stats.layer_norms, dtype=np.float64))
 
     def clear(self) -> None:
         self._rows.clear()
@@ -98,7 +103,11 @@ class Detector(ABC):
 
     @abstractmethod
     def observe(self, step: int, stats: StepRecord) -> Verdict | None:
-        """Look at one optimizer step (steps arrive in order); a Verdict means: stop."""
+        """Look at one optimizer step (steps arrive in order); a Verdict means: stop.
+
+        A detector may keep a reference to ``stats.layer_norms``: do not mutate a record's
+        arrays after passing it in.
+        """
 
     def reset(self) -> None:  # noqa: B027 - optional hook, nothing to forget by default
         """Forget everything seen so far (a new run)."""

@@ -14,7 +14,7 @@ class CeilingDetector(Detector):
     kind = "ceiling"
 
     def __init__(self, max_norm: float = 1e4) -> None:
-        self.max_norm = _number(self.name, "max_norm", max_norm, 1e4, above=0)
+        self.max_norm = _number(self, "max_norm", max_norm, above=0)
         self._baseline = _LayerBaseline()
 
     def reset(self) -> None:

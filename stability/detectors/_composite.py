@@ -57,6 +57,9 @@ def default_detector(overrides: Mapping[str, Any] | None = None, /,
                      **kwargs: Any) -> CompositeDetector:
     """The default composite: nonfinite, ceiling, spike, median_ratio, growth, loss_divergence.
 
+    Each member's constructor defaults were set on a labelled corpus of real runs
+    (``benchmarks/detection_quality.py``, which prints the figures and the reasons).
+
     Overrides come as a mapping and/or keyword arguments, keyed ``"<kind>.<argument>"``
     (``{"spike.z_threshold": 5.0}`` or ``**{"growth.window": 24}``) or nested
     (``{"spike": {"z_threshold": 5.0}}``). ``{"<kind>": None}`` or ``False`` leaves that

@@ -23,13 +23,13 @@ class GrowthDetector(Detector):
 
     kind = "growth"
 
-    def __init__(self, window: int = 20, min_slope: float = 0.1, min_ratio: float = 5.0,
+    def __init__(self, window: int = 20, min_slope: float = 0.1, min_ratio: float = 30.0,
                  patience: int = 3, warmup: int = 32) -> None:
-        self.window = _number(self.name, "window", window, 20, integer=True, minimum=3)
-        self.min_slope = _number(self.name, "min_slope", min_slope, 0.1, above=0)
-        self.min_ratio = _number(self.name, "min_ratio", min_ratio, 5.0, minimum=1.0)
-        self.patience = _number(self.name, "patience", patience, 3, integer=True, minimum=1)
-        self.warmup = _number(self.name, "warmup", warmup, 32, integer=True, minimum=0)
+        self.window = _number(self, "window", window, integer=True, minimum=3)
+        self.min_slope = _number(self, "min_slope", min_slope, above=0)
+        self.min_ratio = _number(self, "min_ratio", min_ratio, minimum=1.0)
+        self.patience = _number(self, "patience", patience, integer=True, minimum=1)
+        self.warmup = _number(self, "warmup", warmup, integer=True, minimum=0)
         self._log_min_ratio = math.log(self.min_ratio)
         n = self.window
         self._xbar = (n - 1) / 2.0

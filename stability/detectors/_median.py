@@ -21,11 +21,11 @@ class MedianRatioDetector(Detector):
     kind = "median_ratio"
 
     def __init__(self, window: int = 64, ratio: float = 10.0, patience: int = 3,
-                 warmup: int = 16) -> None:
-        self.window = _number(self.name, "window", window, 64, integer=True, minimum=3)
-        self.ratio = _number(self.name, "ratio", ratio, 10.0, above=1.0)
-        self.patience = _number(self.name, "patience", patience, 3, integer=True, minimum=1)
-        self.warmup = _number(self.name, "warmup", warmup, 16, integer=True, minimum=1)
+                 warmup: int = 32) -> None:
+        self.window = _number(self, "window", window, integer=True, minimum=3)
+        self.ratio = _number(self, "ratio", ratio, above=1.0)
+        self.patience = _number(self, "patience", patience, integer=True, minimum=1)
+        self.warmup = _number(self, "warmup", warmup, integer=True, minimum=1)
         self._baseline = _LayerBaseline()
         self.reset()
 

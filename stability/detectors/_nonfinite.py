@@ -23,8 +23,8 @@ class NonFiniteDetector(Detector):
     kind = "nonfinite"
 
     def __init__(self, max_overflow_streak: int = 12) -> None:
-        self.max_overflow_streak = _number(self.name, "max_overflow_streak",
-                                           max_overflow_streak, 12, integer=True, minimum=1)
+        self.max_overflow_streak = _number(self, "max_overflow_streak", max_overflow_streak,
+                                           integer=True, minimum=1)
         self._streak = 0
 
     def reset(self) -> None:

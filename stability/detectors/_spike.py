@@ -23,11 +23,11 @@ class ZScoreSpikeDetector(Detector):
 
     def __init__(self, alpha: float = 0.97, z_threshold: float = 4.0, warmup: int = 25,
                  patience: int = 3, min_ratio: float = 2.0) -> None:
-        self.alpha = _number(self.name, "alpha", alpha, 0.97, above=0.0, below=1.0)
-        self.z_threshold = _number(self.name, "z_threshold", z_threshold, 4.0, above=0)
-        self.warmup = _number(self.name, "warmup", warmup, 25, integer=True, minimum=2)
-        self.patience = _number(self.name, "patience", patience, 3, integer=True, minimum=1)
-        self.min_ratio = _number(self.name, "min_ratio", min_ratio, 2.0, minimum=1.0)
+        self.alpha = _number(self, "alpha", alpha, above=0.0, below=1.0)
+        self.z_threshold = _number(self, "z_threshold", z_threshold, above=0)
+        self.warmup = _number(self, "warmup", warmup, integer=True, minimum=2)
+        self.patience = _number(self, "patience", patience, integer=True, minimum=1)
+        self.min_ratio = _number(self, "min_ratio", min_ratio, minimum=1.0)
         self._log_min_ratio = math.log(self.min_ratio)
         self._baseline = _LayerBaseline()
         self.reset()

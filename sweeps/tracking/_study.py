@@ -1,0 +1,290 @@
+"""StudyTracker: the driver's side of MLflow tracking (experiment, study run, trial runs).
+
+The driver creates each trial's run before it dispatches the trial, so that a worker that dies
+leaves a run the driver can still close (``close_trial_run``), and a retried trial never leaves
+a run that looks like a success. Run layout::
+
+    experiment <study>                 tag mlflow.experimentKind=custom_model_development
+      run <study>                      the study: spec as params + spec.yaml, report files
+        run trial-<n>[-retry<k>]       mlflow.parentRunId, params = the sampled config
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from mlflow_setup import artifact_root_for, redact, resolve_tracking_uri
+from sweeps import keys
+from sweeps.tracking import _settings as names
+from sweeps.tracking._series import metric_key
+from sweeps.tracking._settings import (
+    DEFAULT_PLOTS,
+    TrackingSettings,
+    default_spool_dir,
+)
+from sweeps.tracking._sink import Sink, _is_transient
+from sweeps.tracking._spool import Spool, spool_files
+from sweeps.tracking._sync import SyncReport, sync_spool
+
+__all__ = ["StudyTracker", "flatten"]
+
+_MAX_PER_BATCH = 100  # MLflow's log_batch limit on params and on tags
+_PARAM_LEN = 6000
+_SYNC_EVERY_S = 30.0
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists as JSON; values cut to 6000 chars."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            out[metric_key(name)] = text[:_PARAM_LEN]
+    return out
+
+
+class StudyTracker:
+    """The study's experiment and run, and its trials' runs. Build it with :meth:`open`."""
+
+    def __init__(self, sink: Sink, study_name: str, experiment_id: str, parent_run_id: str,
+                 layer_every: int | None = None, plots: str = DEFAULT_PLOTS) -> None:
+        self.sink = sink
+        self.study_name = study_name
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.layer_every = layer_every
+        self.plots = plots
+        self.resumed = False
+        self._next_sync = time.monotonic() + _SYNC_EVERY_S
+
+    @classmethod
+    def open(cls, study_name: str, spec_dict: Mapping[str, Any], tracking_uri: str | None,
+             existing_parent_run_id: str | None = None, *, workdir: str | Path | None = None,
+             spool_dir: str | Path | None = None, layer_every: int | None = None,
+             plots: str = DEFAULT_PLOTS) -> StudyTracker:
+        """Get or create the study's experiment and run (reused when ``existing_parent_run_id``
+        names a live run of that experiment, as on resume).
+
+        ``tracking_uri`` None: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow.db``
+        (``mlflow_setup.resolve_tracking_uri``). ``spool_dir`` defaults to
+        ``<workdir>/.stabsweep/spool``; ``workdir`` to the current directory.
+
+        Raises:
+            RuntimeError: the store cannot be reached now (nothing was started yet: fix the
+                URI or start the server, e.g. ``stabsweep ui``).
+            ValueError: the experiment named after the study was deleted.
+        """
+        tracking_uri = resolve_tracking_uri(tracking_uri, workdir)
+        if spool_dir is None:
+            spool = (str(Path(workdir).resolve() / ".stabsweep" / "spool") if workdir is not None
+                     else default_spool_dir())
+        else:
+            spool = str(Path(spool_dir).resolve())
+        # Validate the knobs before touching the store (nothing is created on bad input).
+        TrackingSettings(tracking_uri=tracking_uri, experiment_id="0", spool_dir=spool,
+                         layer_every=layer_every, plots=plots)
+        sink = Sink(tracking_uri, spool,
+                    name=f"study-{study_name}-{socket.gethostname()}-{os.getpid()}")
+        try:
+            experiment_id = _experiment(sink.client, study_name, tracking_uri)
+            parent = _reusable_run(sink.client, existing_parent_run_id, experiment_id)
+        except Exception as exc:
+            if _is_transient(exc):
+                raise RuntimeError(
+                    f"cannot reach the MLflow tracking store {redact(tracking_uri)} "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Start it "
+                    "(`stabsweep ui` serves the local store), fix --tracking-uri, or run "
+                    "without tracking.") from exc
+            raise
+        tracker = cls(sink, study_name, experiment_id, parent or "", layer_every, plots)
+        if parent is not None:
+            tracker.resumed = True
+            sink.submit({"op": "status", "run": parent, "status": "RUNNING"})
+            sink.submit({"op": "log_batch", "run": parent,
+                         "tags": [["stabsweep.resumed_at", str(int(time.time()))]]})
+            return tracker
+        tracker.parent_run_id = sink.create_run(
+            experiment_id, study_name,
+            {names.TAG_KIND: "study", names.TAG_STUDY: study_name,
+             "mlflow.note.content": str(spec_dict.get("description") or "")[:5000]})
+        params = sorted(flatten(spec_dict).items())
+        for i in range(0, len(params), _MAX_PER_BATCH):
+            sink.submit({"op": "log_batch", "run": tracker.parent_run_id,
+                         "params": params[i:i + _MAX_PER_BATCH]})
+        tracker._log_files({"spec.yaml": _yaml(spec_dict)}, artifact_path=None)
+        return tracker
+
+    @property
+    def settings(self) -> TrackingSettings:
+        """What workers need (picklable); ``.for_run(run_id)`` per trial."""
+        return TrackingSettings(tracking_uri=self.sink.uri, experiment_id=self.experiment_id,
+                                parent_run_id=self.parent_run_id,
+                                spool_dir=str(self.sink.spool_dir),
+                                layer_every=self.layer_every, plots=self.plots)
+
+    def settings_for(self, run_id: str) -> TrackingSettings:
+        """The settings of one trial whose run ``create_trial_run`` made (``task.tracking``)."""
+        return self.settings.for_run(run_id)
+
+    def ui_url(self) -> str:
+        """Where to look: the experiment's runs in the UI's "Model training" mode."""
+        uri = self.sink.uri
+        if uri.startswith(("http://", "https://")):
+            parts = urlsplit(uri)
+            base = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2],
+                               parts.path.rstrip("/"), "", ""))
+            return (f"{base}/#/experiments/{self.experiment_id}/runs"
+                    "?workflowType=machine_learning")
+        return (f"run `stabsweep ui` (an MLflow UI on {redact(uri)}) and open experiment "
+                f"{self.experiment_id} ({self.study_name}); the URL it prints opens the "
+                "Model training view")
+
+    # ------------------------------------------------------------------ trials
+    def create_trial_run(self, trial_number: int, params: Mapping[str, Any],
+                         attempt: int = 1) -> str:
+        """Create trial ``trial_number``'s run before dispatch; its id (maybe a placeholder
+        ``offline-...`` when the store is down: the worker logs under it all the same)."""
+        name = f"trial-{trial_number}" if attempt <= 1 else f"trial-{trial_number}-retry" \
+                                                             f"{attempt - 1}"
+        tags = {names.TAG_PARENT: self.parent_run_id, names.TAG_KIND: "trial",
+                names.TAG_STUDY: self.study_name, names.TAG_TRIAL: str(trial_number),
+                names.TAG_ATTEMPT: str(attempt), names.TAG_STATE: "running"}
+        run_id = self.sink.create_run(self.experiment_id, name, tags)
+        flat = sorted(flatten(params).items())
+        for i in range(0, len(flat), _MAX_PER_BATCH):
+            self.sink.submit({"op": "log_batch", "run": run_id,
+                              "params": flat[i:i + _MAX_PER_BATCH]})
+        self._sync_now_and_then()
+        return run_id
+
+    def close_trial_run(self, run_id: str, outcome: str, reason: str) -> None:
+        """End a run whose worker could not (worker lost, interrupted): FAILED or KILLED."""
+        tags = [[names.TAG_STATE, outcome], [names.TAG_EXPLODED, "false"],
+                [names.TAG_REASON, reason[:5000] or outcome]]
+        self.sink.submit({"op": "log_batch", "run": run_id, "tags": tags})
+        status = "KILLED" if outcome == keys.INTERRUPTED else "FAILED"
+        self.sink.submit({"op": "status", "run": run_id, "status": status,
+                          "end_time": int(time.time() * 1000)})
+        self._sync_now_and_then()
+
+    # ------------------------------------------------------------------ the end
+    def finish_study(self, files: Mapping[str, str | Path], summary: Mapping[str, Any]
+                     ) -> SyncReport:
+        """Attach the report files (``{artifact name: path}``, under ``report/``), log the
+        summary (numbers as metrics, the rest as ``stabsweep.summary.<key>`` tags), end the
+        study's run FINISHED and upload what any process of the sweep spooled."""
+        metrics, tags = [], []
+        now = int(time.time() * 1000)
+        for key, value in summary.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                metrics.append([metric_key(str(key)), float(value), now, 0])
+            else:
+                tags.append([f"stabsweep.summary.{metric_key(str(key))}", str(value)[:5000]])
+        for i in range(0, max(len(metrics), len(tags)), _MAX_PER_BATCH):
+            self.sink.submit({"op": "log_batch", "run": self.parent_run_id,
+                              "metrics": metrics[i:i + _MAX_PER_BATCH],
+                              "tags": tags[i:i + _MAX_PER_BATCH]})
+        missing = [f"{name}: {path}" for name, path in files.items() if not Path(path).is_file()]
+        if missing:
+            warnings.warn(f"report files not found, not logged: {missing}", RuntimeWarning,
+                          stacklevel=2)
+        self._log_files({name: Path(path) for name, path in files.items()
+                         if Path(path).is_file()}, artifact_path="report")
+        return self.close("FINISHED")
+
+    def close(self, status: str = "KILLED") -> SyncReport:
+        """End the study's run (``KILLED`` on Ctrl-C) and upload what was spooled."""
+        self.sink.submit({"op": "status", "run": self.parent_run_id, "status": status,
+                          "end_time": int(time.time() * 1000)})
+        return self.sync(prune=True)
+
+    def sync(self, prune: bool = False) -> SyncReport:
+        """Upload every process's spool (this host's spool_dir) if the store is reachable."""
+        files = spool_files(self.sink.spool_dir)
+        if not files:
+            return SyncReport()
+        if not self.sink.reachable():
+            return SyncReport(files=len(files), pending=sum(
+                len(Spool.open_existing(path).pending()) for path in files))
+        self.sink.drain(force=True)
+        return sync_spool(self.sink.spool_dir, self.sink.uri, prune=prune)
+
+    def _sync_now_and_then(self) -> None:
+        if time.monotonic() >= self._next_sync:
+            self._next_sync = time.monotonic() + _SYNC_EVERY_S
+            self.sync(prune=False)
+
+    def _log_files(self, files: Mapping[str, str | Path], artifact_path: str | None) -> None:
+        if not files:
+            return
+        with tempfile.TemporaryDirectory(prefix="stabsweep-report-") as tmp:
+            for name, content in files.items():
+                target = Path(tmp) / name
+                if isinstance(content, Path):
+                    shutil.copy2(content, target)
+                else:
+                    target.write_text(content)
+            self.sink.submit({"op": "artifacts", "run": self.parent_run_id, "local": tmp,
+                              "artifact_path": artifact_path})
+
+
+def _experiment(client: Any, name: str, uri: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        root = artifact_root_for(uri)
+        try:
+            return str(client.create_experiment(
+                name, artifact_location=f"{root}/{name}" if root else None,
+                tags={names.EXPERIMENT_KIND[0]: names.EXPERIMENT_KIND[1]}))
+        except MlflowException as exc:  # another driver created it meanwhile
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+            experiment = client.get_experiment_by_name(name)
+    if experiment.lifecycle_stage == "deleted":
+        raise ValueError(
+            f"MLflow experiment {name!r} (id {experiment.experiment_id}) is deleted. Restore "
+            f"it (`mlflow experiments restore --experiment-id {experiment.experiment_id}`), "
+            "delete it for good (`mlflow gc`), or choose another study name.")
+    if experiment.tags.get(names.EXPERIMENT_KIND[0]) != names.EXPERIMENT_KIND[1]:
+        client.set_experiment_tag(experiment.experiment_id, *names.EXPERIMENT_KIND)
+    return str(experiment.experiment_id)
+
+
+def _reusable_run(client: Any, run_id: str | None, experiment_id: str) -> str | None:
+    if not run_id:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        if _is_transient(exc):
+            raise
+        run = None
+    if (run is None or run.info.experiment_id != experiment_id
+            or run.info.lifecycle_stage != "active"):
+        warnings.warn(f"the study's MLflow run {run_id} is gone (deleted, or another store): "
+                      "a new study run is created.", RuntimeWarning, stacklevel=3)
+        return None
+    return str(run.info.run_id)
+
+
+def _yaml(data: Mapping[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False)
