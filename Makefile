@@ -24,7 +24,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/stabsweep run examples/quick.yaml --workers 2
 	$(VENV)/bin/stabsweep export quick -o best.yaml
-	$(VENV)/bin/stabsweep train best.yaml --workload deep_mlp --steps 300
+	$(VENV)/bin/stabsweep train best.yaml --out stabsweep-out/best-run
 
 test: $(STAMP)
 	$(PYTEST) -m "not slow and not e2e" -q

@@ -247,9 +247,11 @@ def workloads() -> None:
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(help="StabilityConfig YAML/JSON (e.g. an export).")],
-    workload: Annotated[str, typer.Option("--workload", "-w",
-                                          help="Built-in name or package.module:factory.")],
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 300,
+    workload: Annotated[str | None, typer.Option(
+        "--workload", "-w", help="Built-in name or package.module:factory "
+        "(default: the workload an exported file names, with its arguments).")] = None,
+    steps: Annotated[int | None, typer.Option(
+        help="Optimizer steps (default: the export's, else 300).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the workload and the model.")] = 0,
     arg: Annotated[list[str] | None, typer.Option(
         "--arg", help="Workload argument as key=value (YAML value), repeatable.")] = None,
@@ -266,7 +268,15 @@ def train(
 
     try:
         cfg = StabilityConfig.load(config)
-        workload_args = _parse_args(arg or [])
+        provenance = _provenance(config)
+        exported = provenance.get("workload") or {}
+        if workload is None and not exported.get("name"):
+            fail(f"--workload is required: {config} does not name one (e.g. --workload "
+                 "deep_mlp; `stabsweep workloads` lists them).")
+        workload_args = dict(exported.get("args") or {}) if workload is None else {}
+        workload_args.update(_parse_args(arg or []))
+        workload = workload or exported["name"]
+        steps = steps or int(provenance.get("steps") or 300)
         result = run_training(workload, cfg, steps=steps, seed=seed, device=device,
                               eval_every=eval_every, workload_args=workload_args)
     except (ConfigError, WorkloadError) as exc:
@@ -285,6 +295,18 @@ def train(
         if out is not None:
             console.print(f"trace, diagnosis and plots in {out}/")
     raise typer.Exit(1 if result.exploded else 0)
+
+
+def _provenance(path: Path) -> dict:  # type: ignore[type-arg]
+    """The ``provenance`` block of a file ``stabsweep export`` wrote (empty otherwise)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    block = doc.get("provenance") if isinstance(doc, dict) else None
+    return block if isinstance(block, dict) else {}
 
 
 def _parse_args(items: list[str]) -> dict[str, object]:
