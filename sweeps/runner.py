@@ -397,8 +397,15 @@ class _Driver:
 
             out = Path(self.options.workdir) / "stabsweep-out" / self.spec.study
             paths = write_report(self.study, out)
-            files = {f.name: Path(getattr(paths, f.name)) for f in dataclasses.fields(paths)
-                     if f.name not in ("out_dir", "notes") and getattr(paths, f.name)}
+            written = [getattr(paths, f.name) for f in dataclasses.fields(paths)
+                       if f.name not in ("out_dir", "notes")]
+            files = {Path(p).name: Path(p) for p in written if p}
+            if summary.best is not None:
+                from sweeps.export import export_best
+
+                best = export_best(self.study, out / "best.yaml",
+                                   storage_url=self.storage.display_url)
+                files[best.path.name] = best.path
             self.tracker.finish_study(files, {
                 "n_finished": sum(summary.counts.get(k, 0) for k in
                                   (keys.COMPLETE, keys.EXPLODED, keys.SLOW)),
