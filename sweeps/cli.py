@@ -65,8 +65,13 @@ def run(
         fail(_spec_message(exc, spec_path))
     if n_trials is not None and n_trials < 1:
         fail(f"--n-trials must be >= 1; got {n_trials}.")
+    if workers is not None and workers < 1:
+        fail(f"--workers must be >= 1; got {workers} (omit it to use every CPU).")
+    if max_retries < 0:
+        fail(f"--max-retries must be >= 0; got {max_retries}.")
     if cpus_per_trial <= 0 or gpus_per_trial < 0:
-        fail("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0.")
+        fail(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0; got {cpus_per_trial:g} "
+             f"and {gpus_per_trial:g}.")
     if storage_host != "127.0.0.1":
         err_console.print(f"note: the storage proxy will listen on {storage_host}, reachable "
                           "from other machines on that network.")
@@ -239,7 +244,7 @@ def workloads() -> None:
     table.add_column("description")
     table.add_column("arguments")
     for item in describe_workloads():
-        args = ", ".join(f"{k}={v!r}" for k, v in item["args"].items())
+        args = ", ".join(f"{k}={v!r}" for k, v in item["arguments"].items())
         table.add_row(item["name"], item["description"], args)
     console.print(table)
 
