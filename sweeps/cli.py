@@ -17,8 +17,9 @@ app = typer.Typer(
     add_completion=False,
     help="Sweeps and diagnostics for PyTorch training stability.",
 )
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (CI logs, `| less`) gets a wide page instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -278,10 +279,14 @@ def train(
         if workload is None and not exported.get("name"):
             fail(f"--workload is required: {config} does not name one (e.g. --workload "
                  "deep_mlp; `stabsweep workloads` lists them).")
-        workload_args = dict(exported.get("args") or {}) if workload is None else {}
+        if steps is not None and steps < 1:
+            fail(f"--steps must be >= 1; got {steps}.")
+        same = workload is None or workload == exported.get("name")
+        # The export's workload arguments come along unless another workload is named.
+        workload_args = dict(exported.get("args") or {}) if same else {}
         workload_args.update(_parse_args(arg or []))
         workload = workload or exported["name"]
-        steps = steps or int(provenance.get("steps") or 300)
+        steps = steps if steps is not None else int(provenance.get("steps") or 300)
         result = run_training(workload, cfg, steps=steps, seed=seed, device=device,
                               eval_every=eval_every, workload_args=workload_args)
     except (ConfigError, WorkloadError) as exc:

@@ -57,8 +57,9 @@ class SweepDisplay:
                            highlight=False)
 
     def _on_already_done(self, data: dict[str, Any]) -> None:
-        self.console.print(f"the study already has {data['n_trials']} finished trials; "
-                           "raise --n-trials to run more", highlight=False)
+        self.console.print(f"the study already has {data['finished']} finished trials "
+                           f"(n_trials {data['n_trials']}); raise --n-trials to run more",
+                           highlight=False)
 
     def _on_warning(self, data: dict[str, Any]) -> None:
         self.console.print(f"[yellow]warning:[/] {data['message']}", highlight=False)

@@ -102,7 +102,7 @@ def run_sweep(spec: SweepSpec, options: RunOptions | None = None,
     options = options or RunOptions()
     spec = spec.with_overrides(n_trials=options.n_trials, seed=options.seed, study=options.study)
     emit = on_event or (lambda kind, data: None)
-    preflight(spec)
+    preflight(spec, options)
 
     from sweeps.storage import StorageError, StudyStorage
 
@@ -118,19 +118,48 @@ def run_sweep(spec: SweepSpec, options: RunOptions | None = None,
         driver.close()
 
 
-def preflight(spec: SweepSpec) -> None:
-    """Build the workload and its model once in the driver: a bad workload fails here, before
-    any storage or run is created."""
+def preflight(spec: SweepSpec, options: RunOptions | None = None) -> None:
+    """Build the workload, its model and one evaluation in the driver, and check the tracking
+    store answers: a bad workload, an objective metric the workload does not report, or an
+    unreachable MLflow server fails here, before any storage or run is created."""
     from stability.workloads import WorkloadError, load_workload
 
     try:
         workload = load_workload(spec.workload.name, seed=spec.seed, **dict(spec.workload.args))
-        workload.model()
+        metrics = workload.evaluate(workload.model())
     except WorkloadError as exc:
         raise SweepError(f"workload.name: {exc}") from None
     except Exception as exc:
         raise SweepError(f"workload.name: workload {spec.workload.name!r} raised "
                          f"{type(exc).__name__} while building its model: {exc}") from None
+    if spec.objective.metric not in metrics:
+        raise SweepError(
+            f"objective.metric: {spec.objective.metric!r} is not a metric workload "
+            f"{spec.workload.name!r} reports; it reports {', '.join(sorted(metrics))}.")
+    if options is not None and options.tracking:
+        _check_tracking(options.tracking_uri, options.workdir)
+
+
+def _check_tracking(flag: str | None, workdir: Path) -> None:
+    """An http(s) tracking server must answer /health before the sweep starts (a server lost
+    later is spooled instead)."""
+    import urllib.error
+    import urllib.request
+
+    from mlflow_setup.uri import redact, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(flag, workdir)
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5):
+            pass
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SweepError(
+            f"--tracking-uri {redact(uri)}: the MLflow server does not answer ({reason}); "
+            "start it (python -m mlflow_setup start), fix the URI, or pass --no-tracking."
+        ) from None
 
 
 class _Driver:
@@ -178,7 +207,8 @@ class _Driver:
         self.study = study = self._open_study()
         self._recover_stale(study)
         if self._finished_count() >= self.spec.n_trials:
-            self.emit("already_done", {"n_trials": self.spec.n_trials})
+            self.emit("already_done", {"n_trials": self.spec.n_trials,
+                                       "finished": self._finished_count()})
             return self._summary(start)
         self._open_tracking(study)
         from sweeps.workers import SweepResourceError, WorkerPool, init_ray

@@ -31,6 +31,24 @@ def test_bad_run_flags_exit_2_and_write_nothing(tmp_path, monkeypatch, flags, me
     assert not (tmp_path / "stabsweep.db").exists()
 
 
+def test_unreachable_tracking_server_fails_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path / "s.yaml", small_spec())
+    result = runner.invoke(app, ["run", str(spec), "--tracking-uri", "http://127.0.0.1:1"])
+    assert result.exit_code == 2
+    assert "the MLflow server does not answer" in result.output
+    assert "--no-tracking" in result.output
+    assert not (tmp_path / "stabsweep.db").exists()
+
+
+def test_train_steps_must_be_positive(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"lr": 0.01}))
+    result = runner.invoke(app, ["train", str(config), "-w", "deep_mlp", "--steps", "0"])
+    assert result.exit_code == 2
+    assert "--steps must be >= 1; got 0" in result.output
+
+
 def test_missing_spec_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["run", "nope.yaml"])

@@ -85,6 +85,8 @@ def test_changed_search_space_is_refused(tmp_path):
         ({"steps": -5}, "steps: must be an integer >= 1"),
         ({"workload": {"name": "rnn_addng"}}, "workload.name: unknown workload 'rnn_addng'"),
         ({"workload": {"name": "nosuchpkg.mod:make"}}, "nosuchpkg.mod:make"),
+        ({"objective": {"metric": "eval_acc", "direction": "minimize"}},
+         "objective.metric: 'eval_acc' is not a metric workload 'deep_mlp' reports"),
     ],
 )
 def test_bad_spec_exits_2_and_writes_nothing(tmp_path, change, message):
