@@ -412,6 +412,10 @@ class _Driver:
             return
         from sweeps.tracking import StudyTracker
 
+        # MLflow announces its schema migrations at INFO on every new store; keep the CLI quiet
+        # unless the user asked for a level.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
         self.tracker = StudyTracker.open(
             self.spec.study, self.spec.to_dict(), self.options.tracking_uri,
             existing_parent_run_id=study.user_attrs.get(keys.STUDY_MLFLOW_RUN),
