@@ -271,8 +271,7 @@ class _Driver:
                 continue
             done, _ = ray.wait(list(self.running), num_returns=1, timeout=0.5)
             for ref in done:
-                self._collect(ref)
-            finished = self._finished_count()
+                finished += self._collect(ref)  # counted here: no query of every trial
             if self.consecutive_failures >= self.options.max_consecutive_failures:
                 raise SweepError(
                     f"{self.consecutive_failures} trials in a row failed (the workload raised); "
@@ -307,7 +306,8 @@ class _Driver:
         self.emit("dispatch", {"trial": trial.number, "params": trial.params,
                                "attempt": attempt})
 
-    def _collect(self, ref: Any) -> None:
+    def _collect(self, ref: Any) -> int:
+        """Tell Optuna how a trial ended; 1 if it is now finished (COMPLETE or PRUNED)."""
         import ray
 
         item = self.running.pop(ref)
@@ -317,11 +317,12 @@ class _Driver:
             self.pool.replace(item.slot)
             self._close_lost(item, keys.WORKER_LOST,
                              f"worker lost ({type(exc).__name__}): process or node died")
-            return
+            return 0
         except ray.exceptions.RayError as exc:
             outcome = TrialOutcome(item.trial.number, keys.FAILED, None,
                                    f"worker error {type(exc).__name__}", error=str(exc))
         self._tell(item, outcome)
+        return int(outcome.outcome in (keys.COMPLETE, keys.EXPLODED, keys.SLOW))
 
     # ------------------------------------------------------------------ telling Optuna
     def _tell(self, item: Running, outcome: TrialOutcome) -> None:

@@ -397,8 +397,17 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
 def _grid_sampler(spec: SweepSpec, conditional: bool) -> optuna.samplers.BaseSampler:
     import optuna
 
+    class _AskTellGridSampler(optuna.samplers.GridSampler):
+        """GridSampler for the ask/tell driver. Optuna's ``after_trial`` calls ``study.stop()``
+        once the grid is used up, which raises RuntimeError outside ``optimize()``: the
+        driver's last ``tell`` would crash the sweep. The driver stops at ``n_trials``."""
+
+        def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                        state: optuna.trial.TrialState, values: Any) -> None:
+            return None
+
     grid = {name: param.grid_values() or [] for name, param in spec.space.items()}
-    sampler = optuna.samplers.GridSampler(grid, seed=spec.seed)
+    sampler = _AskTellGridSampler(grid, seed=spec.seed)
     if not conditional:
         return sampler
     # GridSampler walks the full Cartesian product, where an inactive conditional param would

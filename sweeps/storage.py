@@ -79,6 +79,8 @@ class StudyStorage:
             self.close()
             raise StorageError(f"--storage {self.display_url}: cannot open the study storage "
                                f"({type(exc).__name__}: {str(exc).splitlines()[0]}).") from None
+        if self.is_sqlite:
+            _fast_sqlite(rdb.engine)
         return optuna.storages.get_storage(rdb)
 
     def _lock(self, db: Path) -> None:
@@ -145,3 +147,20 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host if host not in ("", "0.0.0.0") else "0.0.0.0", 0))
         return int(sock.getsockname()[1])
+
+
+def _fast_sqlite(engine: Any) -> None:
+    """WAL journal + synchronous=NORMAL: one fsync per checkpoint instead of several per
+    commit. The driver commits ~15 times per trial; this halves its storage time. Safe for one
+    writer process (the driver and its proxy thread); a power cut may lose the last commits,
+    never corrupt the file."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    engine.dispose()  # connections opened while creating the tables lack the pragmas
