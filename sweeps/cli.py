@@ -205,14 +205,15 @@ def ui(
     if uri.startswith(("http://", "https://")):
         console.print(f"the tracking store is a server already: open {uri}", highlight=False)
         return
+    # Installed before the server starts, so a SIGTERM during start-up still stops it.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         server = start_server(port=port, host=host, backend_store_uri=uri)
     except ServerStartError as exc:
         fail(str(exc))
     console.print(f"MLflow UI: {server.url}/#/experiments?workflowType=machine_learning "
                   "(Ctrl-C to stop)", highlight=False)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         while not stop.wait(1.0) and server.alive():
             pass

@@ -244,8 +244,10 @@ def export_best(study: optuna.Study, path: str | Path, *, top: int = 1, confirm_
              "values": dict(c.values), "unstable_seeds": dict(c.unstable)} for c in pool]
     _write_atomic(target, chosen.config, provenance)
     if console is not None:
-        console.print(f"exported trial {chosen.trial.number} ({metric} {value:.4g}) to "
-                      f"{target}", highlight=False)
+        confirmed = (f", median {chosen.median:.4g} over seeds {seeds}" if confirm_seeds
+                     else "")
+        console.print(f"exported trial {chosen.trial.number} ({metric} {value:.4g} in the sweep"
+                      f"{confirmed}) to {target}", highlight=False)
     return ExportResult(path=target, trial_number=chosen.trial.number, value=value,
                         confirmed=dict(chosen.values), config=chosen.config,
                         workload_args=dict(chosen.workload_args), provenance=provenance)
