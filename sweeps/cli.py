@@ -63,7 +63,7 @@ def run(
     try:
         spec = load_spec(spec_path)
     except SpecError as exc:
-        fail(_spec_message(exc, spec_path))
+        fail(_spec_message(exc))
     if n_trials is not None and n_trials < 1:
         fail(f"--n-trials must be >= 1; got {n_trials}.")
     if workers is not None and workers < 1:
@@ -86,7 +86,7 @@ def run(
         summary = run_sweep(spec, options, on_event=display)
     except SpecError as exc:
         display.close()
-        fail(_spec_message(exc, spec_path))
+        fail(_spec_message(exc))
     except SweepInterrupted as exc:
         display.close()
         name = study or spec.study
@@ -103,7 +103,7 @@ def run(
                   f"stabsweep export {name} -o best.yaml", highlight=False)
 
 
-def _spec_message(exc: Exception, path: Path) -> str:
+def _spec_message(exc: Exception) -> str:
     source = getattr(exc, "source", None)
     where = getattr(exc, "path", None)
     if source and source != where:

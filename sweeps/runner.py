@@ -494,7 +494,3 @@ class _Driver:
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
-
-
-def driver_pid() -> int:
-    return os.getpid()
