@@ -42,6 +42,12 @@ class TrialTask:
     """A storage the worker can reach (URL or picklable proxy) when an Optuna pruner is on."""
     tracking: Any = None
     """MLflow tracking settings (sweeps.tracking.TrackingSettings) or None."""
+    stop_on_explosion: bool = True
+    """False: record the first verdict (and its onset) but train on; a non-finite loss or
+    gradient still stops the trial (every later update would be skipped or poison the weights)."""
+    pruner: Any = None
+    """The study's Optuna pruner (picklable), used by the worker's ``should_prune`` when
+    ``storage`` is set; None: Optuna's default (MedianPruner), as ``load_study`` gives."""
 
 
 @dataclass(slots=True)
@@ -77,7 +83,7 @@ class TrialOutcome:
             attrs[keys.VERDICT] = _finite_or_str(self.verdict)
         if self.diagnosis is not None:
             attrs[keys.DIAGNOSIS] = self.diagnosis
-            if self.outcome == keys.EXPLODED:
+            if self.verdict is not None or self.outcome == keys.EXPLODED:
                 attrs[keys.ONSET_STEP] = self.diagnosis.get("onset_step")
                 attrs[keys.FIRST_LAYER] = self.diagnosis.get("first_layer")
         if self.error is not None:
@@ -124,6 +130,9 @@ def run_trial(task: TrialTask, *, device: str = "cpu",
     try:
         config = StabilityConfig.from_dict(task.config)
         detector = default_detector(**task.detector) if task.detector else default_detector()
+        observer = None
+        if not task.stop_on_explosion:
+            detector = observer = _VerdictRecorder(detector)
         result = train(
             task.workload, config, steps=task.steps, eval_every=task.eval_every,
             report_every=task.report_every, report=report, detector=detector, seed=task.seed,
@@ -145,6 +154,12 @@ def run_trial(task: TrialTask, *, device: str = "cpu",
         intermediate=intermediate, reported_by_worker=reporter is not None,
         diagnosis=result.diagnosis.to_dict(), final_eval=result.final_eval,
         wall_time_s=time.perf_counter() - start, worker=info)
+    if observer is not None and observer.verdict is not None and result.verdict is None:
+        # ran on past a verdict: keep the trial's outcome, record the verdict and its onset
+        from stability.diagnose import diagnose
+
+        outcome.verdict = observer.verdict.to_dict()
+        outcome.diagnosis = diagnose(result.trace, observer.verdict, result.config).to_dict()
     if result.verdict is not None:
         outcome.outcome, outcome.value = keys.EXPLODED, sign * PENALTY
         outcome.verdict = result.verdict.to_dict()
@@ -169,6 +184,37 @@ def run_trial(task: TrialTask, *, device: str = "cpu",
     return outcome
 
 
+class _VerdictRecorder:
+    """Wraps a detector for ``stop_on_explosion: false``: keeps its first verdict and hides it
+    from the guard, so training goes on; only a non-finite loss or gradient (not an fp16
+    overflow the scaler skips) is passed on as a verdict, which stops the run."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.verdict: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def reset(self) -> None:
+        self.inner.reset()
+        self.verdict = None
+
+    def observe(self, step: int, stats: Any) -> Any:
+        verdict = self.inner.observe(step, stats)
+        if self.verdict is None:
+            self.verdict = verdict
+        nonfinite = getattr(stats, "nonfinite", 0) > 0 or not math.isfinite(stats.loss)
+        if nonfinite and not getattr(stats, "overflow", False):
+            if self.verdict is None:
+                from stability.records import Verdict
+
+                self.verdict = Verdict("nonfinite", step, float(stats.loss), math.inf,
+                                       detector="stop_on_explosion=false")
+            return self.verdict
+        return None
+
+
 class _OptunaReporter:
     """Reports intermediate values to the study from the worker and asks the pruner."""
 
@@ -178,7 +224,9 @@ class _OptunaReporter:
         storage = task.storage
         if isinstance(storage, str):
             storage = optuna.storages.get_storage(storage)
-        self.study = optuna.load_study(study_name=task.study_name, storage=storage)
+        # The spec's pruner: load_study alone would give every worker a MedianPruner.
+        self.study = optuna.load_study(study_name=task.study_name, storage=storage,
+                                       pruner=task.pruner)
         self.trial = optuna.trial.Trial(self.study, task.trial_id)
 
     def report(self, value: float, step: int) -> bool:

@@ -299,7 +299,9 @@ class _Driver:
             workload_args=workload_args, steps=spec.steps, eval_every=spec.eval_every,
             report_every=spec.report_every, seed=spec.seed, metric=spec.objective.metric,
             direction=spec.objective.direction, detector=dict(spec.detector),
-            storage=self.worker_storage, tracking=tracking)
+            storage=self.worker_storage, tracking=tracking,
+            stop_on_explosion=spec.stop_on_explosion,
+            pruner=self.study.pruner if self.worker_storage is not None else None)
         ref = self.pool.submit(slot, task)
         self.running[ref] = Running(trial, task, slot, attempt, run_id, time.perf_counter())
         self.trials_this_run += 1

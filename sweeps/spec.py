@@ -42,7 +42,8 @@ __all__ = [
 BUILTIN_WORKLOAD_NAMES = ("cnn_digits", "deep_mlp", "rnn_adding", "transformer_lm")
 """Used when ``stability.workloads`` cannot be imported (its registry wins when it can)."""
 TOP_KEYS = ("study", "description", "workload", "steps", "eval_every", "report_every",
-            "objective", "n_trials", "seed", "sampler", "pruner", "fixed", "space", "detector")
+            "objective", "n_trials", "seed", "sampler", "pruner", "fixed", "space", "detector",
+            "stop_on_explosion")
 REQUIRED_KEYS = ("study", "workload", "steps", "space")
 DIRECTIONS = ("minimize", "maximize")
 RESERVED_WORKLOAD_ARGS = ("seed", "device")
@@ -195,6 +196,9 @@ class SweepSpec:
     """StabilityConfig fields held constant."""
     detector: dict[str, float | int] = field(default_factory=dict)
     """overrides of the default explosion detector, ``{"spike.z_threshold": 5.0}``."""
+    stop_on_explosion: bool = True
+    """False: a trial runs to its end after a detector fires (the verdict and onset are still
+    recorded; a non-finite loss or gradient still stops it). For baselines and regret reruns."""
     source: str = field(default="<spec>", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,6 +215,8 @@ class SweepSpec:
             "space": {name: param.to_dict() for name, param in self.space.items()},
             "detector": dict(self.detector),
         })
+        if not self.stop_on_explosion:
+            out["stop_on_explosion"] = False
         return out
 
     def space_signature(self) -> str:
@@ -306,7 +312,9 @@ def _parse(data: Any, source: str) -> SweepSpec:
         objective=_parse_objective(data.get("objective")), n_trials=n_trials, seed=seed,
         sampler=_parse_named("sampler", data.get("sampler"), SAMPLER_OPTIONS, "tpe"),
         pruner=_parse_named("pruner", data.get("pruner"), PRUNER_OPTIONS, "none"),
-        fixed=fixed, space=space, detector=_parse_detector(data.get("detector")), source=source)
+        fixed=fixed, space=space, detector=_parse_detector(data.get("detector")),
+        stop_on_explosion=as_bool("stop_on_explosion", data.get("stop_on_explosion", True)),
+        source=source)
     _check_sampler(spec)
     _check_pruner(spec)
     return spec
