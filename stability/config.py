@@ -29,6 +29,7 @@ INIT_SCHEMES = (
 SCHEDULES = ("constant", "cosine", "linear")
 OPTIMIZERS = ("sgd", "sgd_nesterov", "adam", "adamw")
 PRECISIONS = ("fp32", "bf16", "fp16")
+SPIKE_POLICIES = ("skip", "stop")
 
 
 class ConfigError(ValueError):
@@ -92,12 +93,22 @@ class StabilityConfig:
     # accumulation
     grad_accum_steps: int = 1
 
+    # what an anomalous step does (benchmarks/detection_quality.py chose the default)
+    on_spike: str = "skip"
+    """``skip``: an anomalous step (gradient-norm spike or non-finite) has its update dropped
+    on device, and training goes on; the run stops only when the loss is non-finite or
+    diverges, or ``spike_patience`` steps in a row are skipped. ``stop``: an anomaly that lasts
+    a few steps stops the run at once."""
+    spike_patience: int = 10
+    """``on_spike: skip``: this many skipped steps in a row mean the run cannot settle."""
+
     _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "clip_method": CLIP_METHODS,
         "init": INIT_SCHEMES,
         "schedule": SCHEDULES,
         "optimizer": OPTIMIZERS,
         "precision": PRECISIONS,
+        "on_spike": SPIKE_POLICIES,
     }
 
     def __post_init__(self) -> None:
@@ -138,7 +149,8 @@ class StabilityConfig:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)!r}.")
-        at_least_one = ("grad_accum_steps", "autoclip_history", "loss_scale_growth_interval")
+        at_least_one = ("grad_accum_steps", "autoclip_history", "loss_scale_growth_interval",
+                        "spike_patience")
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)!r}.")

@@ -10,16 +10,18 @@ Two lines in a user's loop::
 One optimizer step, in this order (DESIGN.md)::
 
     backward (scaled for fp16) -> unscale (fp16) -> measure (one foreach pass)
+    -> skip decision on device (non-finite; with on_spike: skip, a norm spike)
     -> [standardise] -> clip (reuses the norms) -> record on device
     -> at the sync cadence: one host transfer, detectors replayed step by step
-    -> optimizer.step (skipped by GradScaler on overflow, counted) -> scheduler.step
+    -> optimizer.step (the skip decision is its found_inf: dropped on device) -> scheduler.step
 
-Between sync points nothing waits on the host: statistics go into a device buffer.
+Between sync points nothing waits on the host: statistics go into a device buffer, and a
+non-finite or (with ``on_spike: skip``) spiking step never reaches the weights, even between
+syncs.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,9 +33,11 @@ import torch
 from torch import Tensor, nn
 
 from stability import init as init_schemes
+from stability import trace as tr
 from stability.clipping import ClipResult, make_clipper, standardize_grads
 from stability.config import StabilityConfig
-from stability.detectors import Detector, default_detector
+from stability.detectors import Detector, detector_for
+from stability.gate import SkipGate
 from stability.optim import build_optimizer, build_scheduler
 from stability.precision import AutocastHooks, make_grad_scaler, scale_tensor
 from stability.records import StepRecord, Verdict
@@ -41,12 +45,6 @@ from stability.stats import GradMonitor, GradStats
 
 if TYPE_CHECKING:
     from stability.diagnose import Diagnosis
-
-# Fixed columns of a step row; per-layer norms follow.
-_FIXED = ("loss", "grad_norm", "clip_coef", "clip_threshold", "amp_scale", "overflow",
-          "nonfinite")
-_N_FIXED = len(_FIXED)
-
 
 class StabilityGuard:
     """Applies a :class:`StabilityConfig` to a model and watches every optimizer step.
@@ -56,7 +54,8 @@ class StabilityGuard:
             ``default`` and ``apply_init`` is true: pass ``apply_init=False`` when fine-tuning).
         config: the stability settings.
         total_steps: run length in optimizer steps (needed by cosine / linear schedules).
-        detector: explosion detector; the composite default when None.
+        detector: explosion detector; when None, the composite default for
+            ``config.on_spike`` (see :func:`stability.detectors.default_detector`).
         optimizer: use this optimizer instead of building one from the config.
         sync_every: host transfer cadence in optimizer steps. Default: every step on CPU (free,
             and lets a non-finite step be skipped), 10 on accelerators (no per-step sync).
@@ -91,7 +90,12 @@ class StabilityGuard:
         self.scaler = make_grad_scaler(config, self.device.type)
         self._autocast = AutocastHooks(model, config.precision, self.device.type)
         self.clipper = make_clipper(config)
-        self.detector = detector if detector is not None else default_detector()
+        self.detector = detector if detector is not None else detector_for(config)
+        self.gate = SkipGate(self.device, spikes=config.on_spike == "skip")
+        # torch's fused SGD / Adam / AdamW take the skip decision as found_inf and drop the
+        # update on device; any other optimizer needs the decision on the host (one sync).
+        self._found_inf_step = bool(getattr(self.optimizer, "_step_supports_amp_scaling",
+                                            False))
         if sync_every is None:
             sync_every = 1 if self.device.type == "cpu" else 10
         if sync_every < 1:
@@ -101,7 +105,7 @@ class StabilityGuard:
         self.on_sync = on_sync
 
         self.layer_names = tuple(self.monitor.layer_names)
-        self.columns = _FIXED + tuple(f"grad_norm/{name}" for name in self.layer_names)
+        self.columns = tr.ROW + tr.layer_columns(self.layer_names)
         self._buffer = torch.zeros(sync_every, len(self.columns), device=self.device)
         self._one = torch.ones((), device=self.device)
         self._lr_constant = config.schedule == "constant" and config.warmup_steps == 0
@@ -119,6 +123,8 @@ class StabilityGuard:
         self.verdict: Verdict | None = None
         self.last_record: StepRecord | None = None
         self.overflow_count = 0
+        self.skipped_count = 0
+        """steps whose update was dropped (spikes, non-finite and fp16 overflow steps)."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -174,23 +180,24 @@ class StabilityGuard:
         if self.config.grad_standardize and self.monitor.last_index is not None:
             stats = standardize_grads(grads, stats, self.monitor.last_index)
         raw_norm = stats.global_norm
+        skip = self.gate(loss, raw_norm, stats.nonfinite)
         clip = self.clipper(self.monitor.params, grads, stats)
         # Let go of this step's gradient tensors: held until the next measure(), they keep
         # the allocator from reusing their memory in the next backward (transformer_lm on
         # CPU: 6% -> 2.5% overhead, benchmarks/monitor_overhead.py).
         self.monitor.last_grads = []
         self.stats, self.clip = stats, clip
-        # One device row per step: [loss, norm, coef, threshold, scale, overflow, nonfinite,
-        # layer norms...]; written in place, read by the host only at the sync cadence.
+        # One device row per step (stability.trace.ROW, then the layer norms); written in
+        # place, read by the host only at the sync cadence.
         row = self._buffer[self._pending]
         scale, overflow = self._one, self._zero
         if self.scaler is not None:
             scale = scale_tensor(self.scaler, raw_norm)
             overflow = (~torch.isfinite(raw_norm)).float()
         torch.stack((loss.reshape(()).float(), raw_norm, clip.coef, clip.threshold,
-                     scale, overflow,
-                     stats.nonfinite.float()), out=row[:_N_FIXED])
-        row[_N_FIXED:].copy_(stats.layer_norms)
+                     scale, overflow, stats.nonfinite.float(), skip.float()),
+                    out=row[:tr.N_ROW])
+        row[tr.N_ROW:].copy_(stats.layer_norms)
         self._pending += 1
         self._pending_lr.append(self.optimizer.param_groups[0]["lr"])
         self.step_count += 1
@@ -199,11 +206,7 @@ class StabilityGuard:
         if self.verdict is not None and self.stop_on_verdict:
             self.optimizer.zero_grad(set_to_none=True)
             return
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)  # skipped when the unscaled grads overflowed
-            self.scaler.update()
-        elif not self._known_nonfinite():
-            self.optimizer.step()
+        self._apply(skip)
         self.optimizer.zero_grad(set_to_none=True)
         if self._lr_constant:
             return  # constant lr, no warm-up: LambdaLR would only redo the same Python work
@@ -215,11 +218,23 @@ class StabilityGuard:
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
 
-    def _known_nonfinite(self) -> bool:
-        """True when this step was just synced and is non-finite: never apply such an update."""
-        record = self.last_record
-        return (self._pending == 0 and record is not None and record.step == self.step_count - 1
-                and (record.nonfinite > 0 or not math.isfinite(record.loss)))
+    def _apply(self, skip: Tensor) -> None:
+        """optimizer.step unless ``skip``; the loss scale is updated either way (fp16)."""
+        if self._found_inf_step:
+            # The gradients are already unscaled: the optimizer reads only found_inf.
+            opt: Any = self.optimizer
+            opt.grad_scale, opt.found_inf = None, skip.float()
+            try:
+                opt.step()
+            finally:
+                del opt.grad_scale, opt.found_inf
+        elif not bool(skip):  # a host sync: only optimizers that cannot skip on device
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.update()  # backs off on the scaler's own overflow only
 
     # ------------------------------------------------------------------ host side
     def sync(self) -> list[StepRecord]:
@@ -232,15 +247,20 @@ class StabilityGuard:
         self._pending, self._pending_lr = 0, []
         first_step = self.step_count - n
         records = []
+        col = tr.COL
         for i in range(n):
             values = block[i]
             record = StepRecord(
-                step=first_step + i, loss=float(values[0]), global_norm=float(values[1]),
-                layer_norms=values[_N_FIXED:], layer_names=self.layer_names, lr=lrs[i],
-                overflow=bool(values[5]), nonfinite=int(values[6]),
+                step=first_step + i, loss=float(values[col["loss"]]),
+                global_norm=float(values[col["grad_norm"]]),
+                layer_norms=values[tr.N_ROW:], layer_names=self.layer_names, lr=lrs[i],
+                overflow=bool(values[col["overflow"]]),
+                nonfinite=int(values[col["nonfinite"]]),
+                skipped=bool(values[col["skipped"]]),
             )
             records.append(record)
             self.overflow_count += int(record.overflow)
+            self.skipped_count += int(record.skipped)
             if self.verdict is None:
                 self.verdict = self.detector.observe(record.step, record)
         self.last_record = records[-1]
@@ -259,6 +279,7 @@ class StabilityGuard:
         frame.insert(0, "step", np.arange(len(frame), dtype=np.int64))
         frame.insert(3, "lr", np.asarray(self._lrs, dtype=np.float64))
         frame["overflow"] = frame["overflow"].astype(bool)
+        frame["skipped"] = frame["skipped"].astype(bool)
         frame["nonfinite"] = frame["nonfinite"].astype(np.int64)
         return frame
 

@@ -13,15 +13,35 @@ from stability.config import ConfigError, StabilityConfig
 
 def build_optimizer(params: Iterable[nn.Parameter], config: StabilityConfig
                     ) -> torch.optim.Optimizer:
-    """SGD (optionally Nesterov), Adam or AdamW with the config's settings."""
+    """SGD (optionally Nesterov), Adam or AdamW with the config's settings.
+
+    Fused where torch has a fused kernel for the parameters' device (CPU, CUDA, MPS): a fused
+    optimizer takes a ``found_inf`` tensor and drops the update on device, which is how the
+    guard skips a bad step without a host sync.
+    """
     params = list(params)
+    fused = _fusable(params)
     if config.optimizer in ("sgd", "sgd_nesterov"):
         nesterov = config.optimizer == "sgd_nesterov"
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                               nesterov=nesterov, weight_decay=config.weight_decay)
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, nesterov=nesterov,
+            weight_decay=config.weight_decay, fused=fused)
+        if fused and config.momentum > 0:
+            # Fused SGD allocates its momentum buffers uninitialised on the first call and
+            # keeps them even when that step is skipped: start them at zero instead (with
+            # no dampening, the first update is then exactly the unfused one, buf = grad).
+            for p in params:
+                opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        return opt
     cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
-               weight_decay=config.weight_decay)
+               weight_decay=config.weight_decay, fused=fused)
+
+
+def _fusable(params: list[nn.Parameter]) -> bool:
+    devices = {p.device.type for p in params}
+    return (len(devices) == 1 and devices <= {"cpu", "cuda", "mps"}
+            and all(p.is_floating_point() for p in params))
 
 
 def lr_factor(step: int, config: StabilityConfig, total_steps: int | None) -> float:

@@ -23,6 +23,8 @@ class StepRecord:
     """fp16 only: GradScaler found inf/NaN and skipped this step (expected, not an explosion)."""
     nonfinite: int = 0
     """number of gradient tensors holding an inf or NaN."""
+    skipped: bool = False
+    """the update of this step was not applied (decided on device: a spike or non-finite)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -30,8 +32,8 @@ class Verdict:
     """A detector's finding: this run is exploding."""
 
     kind: str
-    """``nonfinite``, ``ceiling``, ``spike``, ``median_ratio``, ``growth``, ``loss_divergence``
-    or ``overflow_streak``."""
+    """``nonfinite``, ``ceiling``, ``spike``, ``median_ratio``, ``growth``, ``loss_divergence``,
+    ``overflow_streak`` or ``unsettled``."""
     step: int
     value: float
     threshold: float

@@ -151,17 +151,23 @@ def _versions(study: optuna.Study) -> dict[str, str]:
 
 
 def default_run_fn(spec: SweepSpec) -> RunFn:
-    """Train in-process with the spec's workload, steps, eval cadence and detector."""
+    """Train in-process with the spec's workload, steps, eval cadence and detector.
+
+    The workload is imported here, so one that cannot be found raises
+    :class:`~stability.workloads.WorkloadError` (one line) before any confirmation run."""
+    from stability.workloads.loader import find_factory
+
+    find_factory(spec.workload.name)
     metric = spec.objective.metric
 
     def run(config: StabilityConfig, workload_args: dict[str, Any], seed: int
             ) -> tuple[float, bool]:
-        from stability.detectors import default_detector
+        from stability.detectors import detector_for
         from stability.trainer import train
 
         result = train(spec.workload.name, config, steps=spec.steps,
                        eval_every=spec.eval_every, report_every=spec.report_every, seed=seed,
-                       workload_args=workload_args, detector=default_detector(**spec.detector))
+                       workload_args=workload_args, detector=detector_for(config, spec.detector))
         if metric not in result.final_eval:
             raise ExportError(f"objective metric {metric!r} is not in the workload's evaluation "
                               f"(it has {', '.join(result.final_eval) or 'nothing'}); fix "

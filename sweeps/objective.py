@@ -108,7 +108,7 @@ def run_trial(task: TrialTask, *, device: str = "cpu",
     import time
 
     from stability.config import StabilityConfig
-    from stability.detectors import default_detector
+    from stability.detectors import detector_for
     from stability.trainer import train
 
     start = time.perf_counter()
@@ -129,7 +129,7 @@ def run_trial(task: TrialTask, *, device: str = "cpu",
 
     try:
         config = StabilityConfig.from_dict(task.config)
-        detector = default_detector(**task.detector) if task.detector else default_detector()
+        detector = detector_for(config, task.detector)
         observer = None
         if not task.stop_on_explosion:
             detector = observer = _VerdictRecorder(detector)

@@ -9,6 +9,7 @@ import pytest
 
 from stability.detectors import (
     DEFAULT_DETECTORS,
+    SKIP_DETECTORS,
     CeilingDetector,
     CompositeDetector,
     Detector,
@@ -124,7 +125,7 @@ def test_nan_at_step_k_names_first_nonfinite_layer() -> None:
     layers[137, 2] = np.nan
     layers[137, 3] = np.inf
     recs = records(layers)
-    verdict = first_verdict(default_detector(), recs)
+    verdict = first_verdict(default_detector(on_spike="stop"), recs)
     assert verdict is not None
     assert (verdict.kind, verdict.step, verdict.layer) == ("nonfinite", 137, "fc2")
     assert verdict.value == 2.0 and verdict.detector == "NonFiniteDetector"
@@ -216,12 +217,12 @@ def test_nonfinite_loss_on_an_overflow_step_is_an_explosion() -> None:
 
 
 def test_ceiling_names_layer_with_largest_ratio() -> None:
-    layers = np.ones((20, 4))
+    layers = np.ones((20, 4))  # global norm 2.0: the baseline of the first 4 steps
     layers[7] = [1.0, 2.0, 5.0e4, 3.0]  # fc2 is 5e4x its baseline
-    verdict = first_verdict(CeilingDetector(max_norm=1e4), records(layers))
+    verdict = first_verdict(CeilingDetector(ratio=1e4, baseline=4), records(layers))
     assert verdict is not None
     assert (verdict.kind, verdict.step, verdict.layer, verdict.threshold) == (
-        "ceiling", 7, "fc2", 1e4)
+        "ceiling", 7, "fc2", 2e4)
     assert verdict.value == pytest.approx(math.sqrt(1 + 4 + 2.5e9 + 9))
 
 
@@ -265,11 +266,12 @@ def test_reset_clears_state() -> None:
 def test_null_and_composite_order() -> None:
     recs = records(healthy_layers(10, 11))
     assert first_verdict(NullDetector(), recs) is None
-    recs[5].global_norm = 5e4  # both a ceiling crossing...
+    recs[5].global_norm = 5e6  # both a ceiling crossing...
     recs[5].loss = math.nan  # ...and a NaN loss on the same step: the first listed wins
-    verdict = first_verdict(CompositeDetector([CeilingDetector(), NonFiniteDetector()]), recs)
+    ceiling = CeilingDetector(baseline=2)
+    verdict = first_verdict(CompositeDetector([ceiling, NonFiniteDetector()]), recs)
     assert verdict is not None and verdict.kind == "ceiling"
-    verdict = first_verdict(CompositeDetector([NonFiniteDetector(), CeilingDetector()]), recs)
+    verdict = first_verdict(CompositeDetector([NonFiniteDetector(), ceiling]), recs)
     assert verdict is not None and verdict.kind == "nonfinite"
 
 
@@ -279,7 +281,7 @@ def test_null_and_composite_order() -> None:
     (lambda: ZScoreSpikeDetector(warmup=1), ["warmup", ">= 2", "got 1"]),
     (lambda: NonFiniteDetector(max_overflow_streak=0), ["max_overflow_streak", ">= 1", "0"]),
     (lambda: NonFiniteDetector(max_overflow_streak=2.5), ["an integer", "2.5"]),
-    (lambda: CeilingDetector(max_norm=math.inf), ["max_norm", "finite", "inf"]),
+    (lambda: CeilingDetector(ratio=math.inf), ["ratio", "finite", "inf"]),
     (lambda: GrowthDetector(window=2), ["window", ">= 3", "got 2"]),
     (lambda: MedianRatioDetector(ratio=1.0), ["ratio", "> 1.0", "got 1.0"]),
     (lambda: LossDivergenceDetector(factor=True), ["factor", "got True"]),
@@ -297,22 +299,34 @@ def test_composite_rejects_non_detectors() -> None:
 
 
 def test_default_detector_overrides() -> None:
-    kinds = [d.kind for d in default_detector().detectors]
+    kinds = [d.kind for d in default_detector(on_spike="stop").detectors]
     assert kinds == list(DEFAULT_DETECTORS)
-    tuned = default_detector({"spike.z_threshold": 5.0}, **{"growth.window": 24})
+    assert [d.kind for d in default_detector().detectors] == list(SKIP_DETECTORS)
+    tuned = default_detector({"spike.z_threshold": 5.0}, on_spike="stop",
+                             **{"growth.window": 24})
     spike = next(d for d in tuned.detectors if isinstance(d, ZScoreSpikeDetector))
     growth = next(d for d in tuned.detectors if isinstance(d, GrowthDetector))
     assert (spike.z_threshold, growth.window) == (5.0, 24)
-    nested = default_detector({"ceiling": {"max_norm": 100.0}, "median_ratio": None})
+    nested = default_detector({"ceiling": {"ratio": 100.0}, "median_ratio": None},
+                              on_spike="stop")
     assert [d.kind for d in nested.detectors] == [
         "nonfinite", "ceiling", "spike", "growth", "loss_divergence"]
-    assert nested.detectors[1].max_norm == 100.0  # type: ignore[attr-defined]
+    assert nested.detectors[1].ratio == 100.0  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match=r"spike has no argument 'bogus'.*z_threshold"):
-        default_detector({"spike.bogus": 1})
+        default_detector({"spike.bogus": 1}, on_spike="stop")
     with pytest.raises(ValueError, match=r"unknown detector 'spikes'.*nonfinite"):
         default_detector({"spikes.z_threshold": 1})
+    # the other policy's members: checked, and unused
+    assert [d.kind for d in default_detector({"spike.z_threshold": 5}).detectors] == list(
+        SKIP_DETECTORS)
     with pytest.raises(ValueError, match="z_threshold must be"):
         default_detector({"spike.z_threshold": 0})
+    with pytest.raises(ValueError, match="z_threshold must be"):
+        default_detector({"spike.z_threshold": 0}, on_spike="stop")
+    with pytest.raises(ValueError, match="on_spike must be one of skip, stop"):
+        default_detector(on_spike="halt")
+    skip = default_detector(spike_patience=4)
+    assert skip.detectors[1].patience == 4  # type: ignore[attr-defined]
 
 
 def test_records_from_trace_and_replay_match_live_observation() -> None:

@@ -339,7 +339,7 @@ def test_detector_overrides_flatten_and_build_the_default_detector() -> None:
                                             "growth.window": "24"})))
     assert spec.detector == {"spike.z_threshold": 5, "spike.warmup": 10, "growth.window": 24}
     assert parse_spec(spec.to_dict()).detector == spec.detector
-    spike = next(d for d in default_detector(**spec.detector).detectors
+    spike = next(d for d in default_detector(spec.detector, on_spike="stop").detectors
                  if type(d).__name__ == "ZScoreSpikeDetector")
     assert spike.z_threshold == 5.0
 

@@ -10,6 +10,8 @@ slope in log space means the same thing at norm 0.1 and at norm 100, and one hug
 not blow up a linear-space variance and blind the detector for the next hundred steps.
 
 Non-finite values are left to :class:`NonFiniteDetector`; the other detectors skip them.
+No rule looks at the absolute size of a norm or a loss, only at ratios to the run's own values,
+so a loss multiplied by a constant (and with it every norm) gets the same verdicts.
 :func:`replay` runs a detector over a recorded trace (``benchmarks/detection_quality.py``
 tunes the defaults of :func:`default_detector` that way).
 """
@@ -20,8 +22,11 @@ from stability.detectors._base import Detector, NullDetector, first_nonfinite_la
 from stability.detectors._ceiling import CeilingDetector
 from stability.detectors._composite import (
     DEFAULT_DETECTORS,
+    SKIP_DETECTORS,
     CompositeDetector,
     default_detector,
+    detector_for,
+    detectors_for,
 )
 from stability.detectors._growth import GrowthDetector
 from stability.detectors._loss import LossDivergenceDetector
@@ -29,9 +34,11 @@ from stability.detectors._median import MedianRatioDetector
 from stability.detectors._nonfinite import NonFiniteDetector
 from stability.detectors._replay import records_from_trace, replay
 from stability.detectors._spike import ZScoreSpikeDetector
+from stability.detectors._unsettled import UnsettledDetector
 
 __all__ = [
     "DEFAULT_DETECTORS",
+    "SKIP_DETECTORS",
     "CeilingDetector",
     "CompositeDetector",
     "Detector",
@@ -40,8 +47,11 @@ __all__ = [
     "MedianRatioDetector",
     "NonFiniteDetector",
     "NullDetector",
+    "UnsettledDetector",
     "ZScoreSpikeDetector",
     "default_detector",
+    "detector_for",
+    "detectors_for",
     "first_nonfinite_layer",
     "records_from_trace",
     "replay",

@@ -1,31 +1,51 @@
-"""An absolute ceiling on the global gradient norm."""
+"""A ceiling on the global gradient norm, relative to the run's own early baseline."""
 
 from __future__ import annotations
 
 import math
+import statistics
 
 from stability.detectors._base import Detector, _LayerBaseline, _number
 from stability.records import StepRecord, Verdict
 
 
 class CeilingDetector(Detector):
-    """The global gradient norm above an absolute ceiling."""
+    """The global norm above ``ratio`` x the run's baseline: the median of its first
+    ``baseline`` finite norms.
+
+    Relative, never absolute: an absolute ceiling flags at step 0 a model whose gradients are
+    simply large (a static loss scale, ``reduction="sum"`` over a big batch, a wide model) and
+    misses an explosion of one whose gradients are small. Until the baseline exists the
+    detector is silent (only non-finite values stop a run that early).
+    """
 
     kind = "ceiling"
 
-    def __init__(self, max_norm: float = 1e4) -> None:
-        self.max_norm = _number(self, "max_norm", max_norm, above=0)
-        self._baseline = _LayerBaseline()
+    def __init__(self, ratio: float = 1e4, baseline: int = 8) -> None:
+        self.ratio = _number(self, "ratio", ratio, above=1.0)
+        self.baseline = _number(self, "baseline", baseline, integer=True, minimum=1)
+        self._layers = _LayerBaseline()
+        self.reset()
 
     def reset(self) -> None:
-        self._baseline.clear()
+        self._first: list[float] = []
+        self._limit = math.inf
+        self._layers.clear()
 
     def observe(self, step: int, stats: StepRecord) -> Verdict | None:
         norm = stats.global_norm
-        if not math.isfinite(norm):
+        if not (norm > 0.0 and math.isfinite(norm)):
             return None
-        if norm <= self.max_norm:
-            self._baseline.push(stats)
+        if len(self._first) < self.baseline:
+            self._first.append(norm)
+            self._layers.push(stats)
+            if len(self._first) == self.baseline:
+                self._limit = self.ratio * statistics.median(self._first)
             return None
-        return self._verdict(step, norm, self.max_norm, self._baseline.first_to_cross(stats),
-                             f"global grad norm {norm:.4g} above the ceiling {self.max_norm:.4g}")
+        if norm <= self._limit:
+            self._layers.push(stats)
+            return None
+        base = self._limit / self.ratio
+        return self._verdict(step, norm, self._limit, self._layers.first_to_cross(stats),
+                             f"global grad norm {norm:.4g} is {norm / base:.3g}x the run's "
+                             f"early baseline {base:.4g} (limit {self.ratio:g}x)")

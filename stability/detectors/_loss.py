@@ -1,4 +1,4 @@
-"""The loss diverging: far above its first value, or far above its best smoothed value."""
+"""The loss diverging: far above its first value, or far above its best and its progress lost."""
 
 from __future__ import annotations
 
@@ -9,39 +9,44 @@ from stability.records import StepRecord, Verdict
 
 
 class LossDivergenceDetector(Detector):
-    """The loss far above where training started, or far above the best it reached.
+    """The loss far above where training started, or back up after the progress it made.
 
     Two rules, checked on every finite loss:
 
     - *from the start*: a loss above ``initial_factor`` x the first loss seen gives the
-      verdict at once, from the second step on: the model is worse than at initialisation,
-      which catches a first update that throws the loss up before any statistic has warmed
-      up. ``None`` turns this rule off.
-    - *from the best*: after ``warmup`` steps, ``patience`` raw losses in a row above
-      ``factor`` x the best (lowest) EMA of the loss so far (``smoothing``; the minimum of raw
-      mini-batch losses would be a lucky batch). Patience, because a loss that trained down
-      towards zero makes single batches at 10x the best common.
+      verdict at once, from the second step on: the model is worse than at initialisation.
+      ``None`` turns this rule off.
+    - *from the best*: after ``warmup`` steps, ``patience`` raw losses in a row above both
+      ``factor`` x the best (lowest) EMA of the loss (``smoothing``) and the best plus
+      ``regress`` x the progress made since the start (first EMA - best). A loss trained
+      towards zero that bumps from 1e-4 to 1e-2 has lost 1 % of its progress, not diverged.
 
-    Losses are expected to be >= 0; for a reference <= 0 the limit is
-    ``ref + (factor - 1) * |ref|``.
+    Both rules are ratios of the loss to itself, so a loss multiplied by any constant (a
+    static loss scale, a ``sum`` reduction) gets the same verdicts. With ``ignore_skipped``
+    (``on_spike: skip``), steps whose update the guard dropped are not looked at: their loss
+    is the bad batch's, and the weights did not move. Losses are expected to be >= 0.
     """
 
     kind = "loss_divergence"
 
     def __init__(self, factor: float = 10.0, warmup: int = 0, patience: int = 3,
-                 smoothing: float = 0.98, initial_factor: float | None = 10.0) -> None:
+                 smoothing: float = 0.98, initial_factor: float | None = 10.0,
+                 regress: float = 1.0, ignore_skipped: bool = False) -> None:
         self.factor = _number(self, "factor", factor, above=1.0)
         self.warmup = _number(self, "warmup", warmup, integer=True, minimum=0)
         self.patience = _number(self, "patience", patience, integer=True, minimum=1)
         self.smoothing = _number(self, "smoothing", smoothing, minimum=0.0, below=1.0)
         self.initial_factor = (None if initial_factor is None else
                                _number(self, "initial_factor", initial_factor, above=1.0))
+        self.regress = _number(self, "regress", regress, minimum=0.0)
+        self.ignore_skipped = bool(ignore_skipped)
         self.reset()
 
     def reset(self) -> None:
         self._n = 0
         self._first = math.nan
         self._ema = math.nan
+        self._start = math.nan  # the EMA at the first step: where the progress is measured from
         self._best = math.inf
         self._streak = 0
 
@@ -51,7 +56,7 @@ class LossDivergenceDetector(Detector):
 
     def observe(self, step: int, stats: StepRecord) -> Verdict | None:
         loss = stats.loss
-        if not math.isfinite(loss):
+        if not math.isfinite(loss) or (self.ignore_skipped and stats.skipped):
             return None
         self._n += 1
         verdict = None
@@ -64,17 +69,22 @@ class LossDivergenceDetector(Detector):
                 f"loss {loss:.4g} above {self.initial_factor:g}x the first loss "
                 f"{self._first:.4g}: worse than at initialisation")
         if self._n > max(1, self.warmup):
-            limit = self._limit(self._best, self.factor)
+            progress = max(0.0, self._start - self._best)
+            limit = max(self._limit(self._best, self.factor),
+                        self._best + self.regress * progress)
             if loss > limit:
                 self._streak += 1
                 if self._streak >= self.patience and verdict is None:
                     verdict = self._verdict(
                         step, loss, limit, None,
                         f"loss {loss:.4g} above {self.factor:g}x the best smoothed loss "
-                        f"{self._best:.4g} for {self._streak} steps in a row")
+                        f"{self._best:.4g} and {self.regress:g}x its progress from "
+                        f"{self._start:.4g}, for {self._streak} steps in a row")
             else:
                 self._streak = 0
         a = self.smoothing
         self._ema = loss if self._n == 1 else a * self._ema + (1.0 - a) * loss
+        if self._n == 1:
+            self._start = loss
         self._best = min(self._best, self._ema)
         return verdict

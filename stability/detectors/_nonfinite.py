@@ -18,13 +18,18 @@ class NonFiniteDetector(Detector):
     the forward pass itself overflowed, which no loss scale can undo.
     A ``nonfinite`` verdict's value is the number of non-finite gradient tensors (at least 1,
     for a non-finite loss alone) against a threshold of 0.
+
+    With ``stop_on_grads=False`` (``on_spike: skip``) only a non-finite loss is a verdict: a
+    step whose gradients alone are non-finite was skipped on device, and counts towards the
+    unsettled rule instead.
     """
 
     kind = "nonfinite"
 
-    def __init__(self, max_overflow_streak: int = 12) -> None:
+    def __init__(self, max_overflow_streak: int = 12, stop_on_grads: bool = True) -> None:
         self.max_overflow_streak = _number(self, "max_overflow_streak", max_overflow_streak,
                                            integer=True, minimum=1)
+        self.stop_on_grads = bool(stop_on_grads)
         self._streak = 0
 
     def reset(self) -> None:
@@ -42,7 +47,8 @@ class NonFiniteDetector(Detector):
                 f"{self.max_overflow_streak}): loss scaling cannot bring the gradients back "
                 "into range", kind="overflow_streak")
         self._streak = 0
-        if loss_ok and math.isfinite(stats.global_norm) and stats.nonfinite <= 0:
+        grads_ok = math.isfinite(stats.global_norm) and stats.nonfinite <= 0
+        if loss_ok and (grads_ok or not self.stop_on_grads):
             return None
         layer = first_nonfinite_layer(stats)
         what = [] if loss_ok else [f"loss {stats.loss}"]

@@ -7,31 +7,27 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stability import trace as tr
 from stability.detectors._base import Detector
 from stability.records import StepRecord, Verdict
 
 if TYPE_CHECKING:
     import pandas as pd
 
-LAYER_PREFIX = "grad_norm/"
-
-
 def records_from_trace(trace: pd.DataFrame) -> list[StepRecord]:
     """One :class:`StepRecord` per trace row, as the guard built them at each host sync.
 
-    Needs ``step``, ``loss`` and ``grad_norm``; ``lr``, ``overflow`` and ``nonfinite`` default
-    to 0 / False / 0 when absent. ``grad_norm/<layer>`` columns become the per-layer norms.
+    Needs ``step``, ``loss`` and ``grad_norm``; the other columns of :mod:`stability.trace`
+    take their defaults when absent. ``grad_norm/<layer>`` columns become the layer norms.
     """
-    missing = [c for c in ("step", "loss", "grad_norm") if c not in trace.columns]
-    if missing:
-        raise ValueError(f"trace is missing column {missing[0]!r} (required: step, loss, "
-                         f"grad_norm); columns present: {list(trace.columns)}.")
-    layers = [c for c in trace.columns if str(c).startswith(LAYER_PREFIX)]
-    names = tuple(str(c)[len(LAYER_PREFIX):] for c in layers)
+    tr.check_columns(list(trace.columns))
+    layers = [c for c in trace.columns if tr.is_layer_column(c)]
+    names = tuple(tr.layer_of(c) for c in layers)
     n = len(trace)
     matrix = (trace[layers].to_numpy(np.float64) if layers else np.zeros((n, 0)))
 
-    def column(name: str, default: float) -> np.ndarray:
+    def column(name: str) -> np.ndarray:
+        default = tr.DEFAULTS[name]
         if name not in trace.columns:
             return np.full(n, default)
         return trace[name].fillna(default).to_numpy()
@@ -39,10 +35,12 @@ def records_from_trace(trace: pd.DataFrame) -> list[StepRecord]:
     steps = trace["step"].to_numpy(np.int64)
     loss = trace["loss"].to_numpy(np.float64)
     norm = trace["grad_norm"].to_numpy(np.float64)
-    lr, overflow, nonfinite = column("lr", 0.0), column("overflow", 0), column("nonfinite", 0)
+    lr, overflow, nonfinite = column("lr"), column("overflow"), column("nonfinite")
+    skipped = column("skipped")
     return [StepRecord(step=int(steps[i]), loss=float(loss[i]), global_norm=float(norm[i]),
                        layer_norms=matrix[i], layer_names=names, lr=float(lr[i]),
-                       overflow=bool(overflow[i]), nonfinite=int(nonfinite[i]))
+                       overflow=bool(overflow[i]), nonfinite=int(nonfinite[i]),
+                       skipped=bool(skipped[i]))
             for i in range(n)]
 
 

@@ -18,7 +18,7 @@ from stability.workloads.deep_mlp import deep_mlp
 from stability.workloads.rnn_adding import rnn_adding
 from stability.workloads.transformer_lm import transformer_lm
 
-__all__ = ["BUILTIN_WORKLOADS", "describe_workloads", "load_workload"]
+__all__ = ["BUILTIN_WORKLOADS", "describe_workloads", "find_factory", "load_workload"]
 
 BUILTIN_WORKLOADS: dict[str, WorkloadFactory] = {
     "rnn_adding": rnn_adding,
@@ -50,6 +50,17 @@ def describe_workloads() -> list[dict[str, Any]]:
             },
         })
     return rows
+
+
+def find_factory(spec: str) -> WorkloadFactory:
+    """The factory of workload ``spec`` (a built-in name or ``package.module:factory``),
+    imported but not called; a name that cannot be found raises :class:`WorkloadError`."""
+    if isinstance(spec, str) and ":" in spec:
+        return _import_factory(spec.strip())
+    name = spec.strip() if isinstance(spec, str) else spec
+    if name not in BUILTIN_WORKLOADS:
+        _load_builtin(name, 0, "cpu", {})  # raises the one-line unknown-workload error
+    return BUILTIN_WORKLOADS[name]
 
 
 def load_workload(
@@ -107,7 +118,8 @@ def _import_factory(spec: str) -> WorkloadFactory:
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise WorkloadError(f"workload {spec!r} could not be imported: {exc}") from exc
+        raise WorkloadError(f"workload {spec!r} could not be imported: {exc}"
+                            f"{_import_hint(module_name, exc)}") from exc
     except Exception as exc:
         raise WorkloadError(
             f"workload {spec!r} could not be imported: {type(exc).__name__}: {exc}"
@@ -124,6 +136,17 @@ def _import_factory(spec: str) -> WorkloadFactory:
             "be a factory(seed=0, device='cpu', **kwargs) that returns a workload."
         )
     return obj
+
+
+def _import_hint(module_name: str, exc: ModuleNotFoundError) -> str:
+    """How to make ``module_name`` importable, when it (or its package) is what is missing."""
+    missing = exc.name or ""
+    if missing and not (module_name == missing or module_name.startswith(missing + ".")):
+        return f"; {module_name!r} imports {missing!r}: install it in this environment."
+    top = module_name.split(".")[0]
+    return (f"; {top!r} is looked up on sys.path: run from the folder that holds {top}.py (or "
+            f"the {top}/ package), add that folder to PYTHONPATH, or pip install -e your "
+            "project (the sweep's Ray workers inherit the same path).")
 
 
 def _check_arguments(spec: str, factory: WorkloadFactory, arguments: dict[str, Any]) -> None:
