@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -20,6 +21,16 @@ app = typer.Typer(
 # Piped output (CI logs, `| less`) gets a wide page instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+@app.callback()
+def _root() -> None:
+    """Put the working directory on the import path, as ``python -m`` does (a console script
+    does not), so a spec's ``mymodule:factory`` next to it is found by the driver; the Ray
+    workers inherit the driver's path (sweeps.workers.init_ray)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -173,6 +184,7 @@ def export(
         help="Re-run the top N on K new seeds; keep one with no explosion.")] = 0,
 ) -> None:
     """Export the best stable config (optionally confirmed on new seeds)."""
+    from stability.workloads import WorkloadError
     from sweeps.export import ExportError, export_best
 
     if top < 1 or confirm_seeds < 0:
@@ -183,6 +195,8 @@ def export(
                              console=console)
     except ExportError as exc:
         fail(str(exc), code=1)
+    except WorkloadError as exc:  # the confirmation runs cannot build the study's workload
+        fail(f"study {study!r}: {exc}")
     console.print("apply it in your loop:\n"
                   f"    guard = StabilityGuard.from_yaml({str(output)!r}, model)\n"
                   "    if guard.step(loss): break   # replaces backward / clip / step",

@@ -35,7 +35,7 @@ class SweepDisplay:
         self.counts["finished"] = data["finished"]
         self.console.print(
             f"study [bold]{data['study']}[/]: {data['finished']}/{data['n_trials']} finished, "
-            f"{data['workers']} workers, storage {data['storage']}", highlight=False)
+            f"{_plural(data['workers'], 'worker')}, storage {data['storage']}", highlight=False)
         if self.console.is_terminal:
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(),
@@ -123,3 +123,7 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -102,9 +102,13 @@ def run_sweep(spec: SweepSpec, options: RunOptions | None = None,
     options = options or RunOptions()
     spec = spec.with_overrides(n_trials=options.n_trials, seed=options.seed, study=options.study)
     emit = on_event or (lambda kind, data: None)
-    preflight(spec, options)
+    from sweeps.storage import StorageError, StudyStorage, check_not_busy
 
-    from sweeps.storage import StorageError, StudyStorage
+    try:  # a study another driver runs is refused now, not after the preflight's seconds
+        check_not_busy(options.storage, workdir=options.workdir)
+    except StorageError as exc:
+        raise SweepError(str(exc)) from None
+    preflight(spec, options)
 
     try:
         storage = StudyStorage(options.storage, workdir=options.workdir,
@@ -124,10 +128,12 @@ def preflight(spec: SweepSpec, options: RunOptions | None = None) -> None:
     unreachable MLflow server fails here, before any storage or run is created."""
     from stability.workloads import WorkloadError, load_workload
 
+    base, variants = workload_arg_values(spec)
     try:
-        workload = load_workload(spec.workload.name, seed=spec.seed, **dict(spec.workload.args))
+        workload = load_workload(spec.workload.name, seed=spec.seed, **base)
         metrics = workload.evaluate(workload.model())
     except WorkloadError as exc:
+        _blame_first_value(spec, base, variants, exc)
         raise SweepError(f"workload.name: {exc}") from None
     except Exception as exc:
         raise SweepError(f"workload.name: workload {spec.workload.name!r} raised "
@@ -136,8 +142,71 @@ def preflight(spec: SweepSpec, options: RunOptions | None = None) -> None:
         raise SweepError(
             f"objective.metric: {spec.objective.metric!r} is not a metric workload "
             f"{spec.workload.name!r} reports; it reports {', '.join(sorted(metrics))}.")
+    _check_searched_args(spec, base, variants)
     if options is not None and options.tracking:
         _check_tracking(options.tracking_uri, options.workdir)
+
+
+def workload_arg_values(spec: SweepSpec) -> tuple[dict[str, Any], list[tuple[str, str, Any]]]:
+    """The workload arguments of a first trial (fixed ones, each searched one at its first
+    choice or low end) and every other value a trial can give a searched argument, as
+    ``(field path, argument, value)``: each categorical choice, each range's high end."""
+    from sweeps.space import CategoricalParam
+
+    base = dict(spec.workload.args)
+    variants: list[tuple[str, str, Any]] = []
+    for name, param in spec.space.items():
+        if not name.startswith("workload."):
+            continue
+        arg = name[len("workload."):]
+        if isinstance(param, CategoricalParam):
+            values = [(f"space.{name}.choices", c) for c in param.choices]
+        else:
+            values = [(f"space.{name}.low", param.low), (f"space.{name}.high", param.high)]
+        base[arg] = values[0][1]
+        variants += [(path, arg, value) for path, value in values[1:]]
+    return base, variants
+
+
+def _blame_first_value(spec: SweepSpec, base: dict[str, Any],
+                       variants: list[tuple[str, str, Any]], exc: Exception) -> None:
+    """The first trial's workload failed to build: if another value of one searched argument
+    builds, that argument's first value is the culprit; refuse it by its field path."""
+    from stability.workloads import load_workload
+    from sweeps.space import CategoricalParam
+    from sweeps.spec import SpecError
+
+    for path, arg, value in variants:
+        try:
+            load_workload(spec.workload.name, seed=spec.seed, **{**base, arg: value})
+        except Exception:
+            continue
+        first = spec.space[f"workload.{arg}"]
+        where = path if isinstance(first, CategoricalParam) else path.replace(".high", ".low")
+        detail = str(exc).splitlines()[0].rstrip(".")
+        raise SpecError(where, f"workload {spec.workload.name!r} rejects {arg}={base[arg]!r} "
+                        f"({detail}); remove that value or fix the range",
+                        source=spec.source) from None
+
+
+def _check_searched_args(spec: SweepSpec, base: dict[str, Any],
+                         variants: list[tuple[str, str, Any]]) -> None:
+    """Build the workload once per searched value (the factory checks its arguments), so a
+    value no trial could run is refused before the study, the MLflow store or any file is
+    created; the first trial's values were built by :func:`preflight` already."""
+    from stability.workloads import WorkloadError, load_workload
+    from sweeps.spec import SpecError
+
+    for path, arg, value in variants:
+        try:
+            load_workload(spec.workload.name, seed=spec.seed, **{**base, arg: value})
+        except Exception as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if not isinstance(exc, WorkloadError):
+                detail = f"{type(exc).__name__}: {detail}"
+            raise SpecError(path, f"workload {spec.workload.name!r} rejects {arg}={value!r} "
+                            f"({detail.rstrip('.')}); remove that value or fix the range",
+                            source=spec.source) from None
 
 
 def _check_tracking(flag: str | None, workdir: Path) -> None:

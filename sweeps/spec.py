@@ -251,7 +251,9 @@ def load_spec(path: str | Path) -> SweepSpec:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(src, f"cannot be read as UTF-8 text ({exc})", source=src) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except DuplicateKeyError as exc:
+        raise SpecError(exc.path, exc.problem, source=src) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -262,6 +264,61 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise SpecError(src, "is empty; a sweep spec needs at least "
                         f"{', '.join(REQUIRED_KEYS)}", source=src)
     return parse_spec(data, source=src)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping of the spec file names a key twice (plain YAML keeps the last silently)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path, self.problem = path, problem
+        super().__init__(f"{path}: {problem}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping, naming the key's
+    dotted path and both lines (no ``!!python`` tags: SafeLoader's constructors only)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if key == "<<" and key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: construct_mapping reports it
+                continue
+            if first is not None:
+                where = ".".join([*self._parents(node), str(key)])
+                raise DuplicateKeyError(where, f"given twice (lines {first} and {line}); "
+                                        "YAML keeps only the last, so delete or rename one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-untyped-call]
+
+    def _parents(self, target: yaml.Node) -> list[str]:
+        """The keys leading from the document's root mapping to ``target``."""
+        def walk(node: yaml.Node, trail: list[str]) -> list[str] | None:
+            if node is target:
+                return trail
+            if isinstance(node, yaml.MappingNode):
+                for k, v in node.value:
+                    found = walk(v, [*trail, str(getattr(k, "value", "?"))])
+                    if found is not None:
+                        return found
+            elif isinstance(node, yaml.SequenceNode):
+                for i, v in enumerate(node.value):
+                    found = walk(v, [*trail[:-1], f"{trail[-1]}[{i}]"] if trail else [f"[{i}]"])
+                    if found is not None:
+                        return found
+            return None
+
+        root = getattr(self, "_root_node", None)
+        return (walk(root, []) if root is not None else None) or []
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._root_node = node
+        return super().construct_document(node)  # type: ignore[no-untyped-call]
 
 
 def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:

@@ -37,6 +37,33 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url[len("sqlite:///"):])
 
 
+def _busy_message(db: Path, owner: str) -> str:
+    return (f"{db} is in use by a running sweep ({owner}); wait for it to finish, stop it "
+            "with Ctrl-C, or give --storage another file.")
+
+
+def check_not_busy(url: str | None = None, *, workdir: str | Path = ".") -> None:
+    """Raise :class:`StorageError` at once if another driver holds the study file's lock.
+
+    Creates nothing (no lock file, no database): the sweep calls it before the seconds its
+    preflight takes, and :class:`StudyStorage` takes the lock for real afterwards."""
+    path = sqlite_path(url or default_storage_url(workdir))
+    if path is None:
+        return
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        handle = open(lock_path)  # noqa: SIM115 - closed below
+    except OSError:
+        return  # no lock file: no driver has held this study file
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StorageError(_busy_message(path, handle.read().strip() or "another process")
+                               ) from None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class StudyStorage:
     """Opens the storage for the driver and, when asked, serves it to the workers.
 
@@ -92,9 +119,7 @@ class StudyStorage:
             handle.seek(0)
             owner = handle.read().strip() or "another process"
             handle.close()
-            raise StorageError(
-                f"{db} is in use by a running sweep ({owner}); wait for it to finish, stop it "
-                "with Ctrl-C, or give --storage another file.") from None
+            raise StorageError(_busy_message(db, owner)) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}")

@@ -113,6 +113,15 @@ class WorkerPool:
         self.slots = []
 
 
+def plain_ray_output(streams: tuple[Any, ...] | None = None) -> None:
+    """No ANSI colour codes in what Ray prints (``(raylet) A worker died...``) when the output
+    is not a terminal: Ray colours its prefixes unless ``RAY_COLOR_PREFIX=0``, read when it
+    prints. A value the user set is kept."""
+    streams = streams if streams is not None else (sys.stdout, sys.stderr)
+    if not all(getattr(s, "isatty", lambda: False)() for s in streams):
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+
+
 def init_ray(address: str | None, *, workers: int | None, cpus_per_trial: float,
              gpus_per_trial: float) -> tuple[int, bool]:
     """Start or join Ray; return (number of workers, whether we started Ray)."""
@@ -121,6 +130,7 @@ def init_ray(address: str | None, *, workers: int | None, cpus_per_trial: float,
     import ray
 
     started = False
+    plain_ray_output()
     if not ray.is_initialized():
         env = {"PYTHONPATH": os.pathsep.join(p for p in [os.getcwd(), *sys.path] if p)}
         ray.init(address=address, include_dashboard=False, log_to_driver=False,

@@ -1,0 +1,306 @@
+"""What a user with their own workload meets (issue 14): one-line errors on every command path
+that loads a workload, specs checked in full before anything is created, honest accounting,
+plain output when it is not a terminal, no Ray processes left behind."""
+
+from __future__ import annotations
+
+import fcntl
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+from typer.testing import CliRunner
+
+from sweeps import keys
+from sweeps.cli import app
+from sweeps.space import config_from_params
+from sweeps.spec import SpecError, load_spec, parse_spec
+from tests.sweep_helpers import small_spec, write_spec
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+runner = CliRunner()
+
+MISSING = "nosuch_user_mod_i14:make"
+USER_MODULE = textwrap.dedent('''
+    """A GRU classifier on synthetic sequences: a workload the project has never seen."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+
+    class GRUSeq:
+        name = "gru_seq"
+
+        def __init__(self, seed, device, hidden, cell):
+            if cell not in ("gru", "lstm"):
+                raise ValueError(f"cell must be gru or lstm; got {cell!r}")
+            self.seed, self.hidden = seed, hidden
+            gen = torch.Generator().manual_seed(99)
+            self.x_eval = torch.randn(64, 8, 3, generator=gen)
+            self.y_eval = (self.x_eval.sum((1, 2)) > 0).long()
+
+        def model(self):
+            torch.manual_seed(self.seed)
+            return nn.Sequential(nn.Flatten(), nn.Linear(24, self.hidden), nn.Tanh(),
+                                 nn.Linear(self.hidden, 2))
+
+        def batches(self):
+            gen = torch.Generator().manual_seed(self.seed + 1)
+            while True:
+                x = torch.randn(16, 8, 3, generator=gen)
+                yield x, (x.sum((1, 2)) > 0).long()
+
+        def loss(self, model, batch):
+            x, y = batch
+            return F.cross_entropy(model(x), y)
+
+        def evaluate(self, model):
+            with torch.no_grad():
+                return {"eval_loss": F.cross_entropy(model(self.x_eval), self.y_eval).item()}
+
+
+    def make(seed=0, device="cpu", hidden=8, cell="gru"):
+        return GRUSeq(seed, device, hidden, cell)
+''')
+
+
+def one_line_error(output: str) -> str:
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert lines[0].startswith("error: "), output
+    return lines[0]
+
+
+def user_spec(workload: str = MISSING, **overrides: Any) -> dict[str, Any]:
+    spec = small_spec(study="user", n_trials=2, steps=6, report_every=3)
+    spec["workload"] = {"name": workload, "args": {}}
+    spec["eval_every"] = 3
+    spec["space"] = {"lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}}
+    spec.update(overrides)
+    return spec
+
+
+def nothing_written(folder: Path, *keep: str) -> None:
+    left = sorted(p.name for p in folder.iterdir() if p.name not in keep)
+    assert left == [], left
+
+
+@pytest.fixture
+def clean_path(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """sys.path restored after the test (the CLI adds the working directory), and the test's
+    user modules forgotten."""
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])
+    yield
+    for name in [m for m in sys.modules if m.startswith("gru_")]:
+        del sys.modules[name]
+
+
+# ------------------------------------------------------------------ 1. one-line errors
+def _study_file(tmp_path: Path, workload: str) -> str:
+    url = f"sqlite:///{tmp_path / 'stabsweep.db'}"
+    spec = parse_spec(user_spec(workload))
+    study = optuna.create_study(study_name="user", storage=url)
+    study.set_user_attr(keys.STUDY_SPEC, spec.to_dict())
+    for lr, value in ((1e-2, 0.3), (2e-2, 0.2), (3e-2, 0.25)):
+        config, args = config_from_params({"lr": lr}, spec)
+        study.add_trial(create_trial(
+            state=TrialState.COMPLETE, value=value, params={"lr": lr},
+            distributions={"lr": FloatDistribution(1e-3, 0.1, log=True)},
+            user_attrs={keys.OUTCOME: keys.COMPLETE, keys.CONFIG: config.to_dict(),
+                        keys.WORKLOAD_ARGS: args}))
+    return url
+
+
+def test_export_confirm_with_unimportable_workload_is_one_line_exit_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _study_file(tmp_path, MISSING)
+    result = runner.invoke(app, ["export", "user", "-o", "best.yaml", "--top", "3",
+                                 "--confirm-seeds", "2"])
+    assert result.exit_code == 2, result.output
+    line = one_line_error(result.output)
+    assert "could not be imported" in line and "PYTHONPATH" in line
+    assert not (tmp_path / "best.yaml").exists()
+
+
+def test_run_and_train_with_unimportable_workload_are_one_line_exit_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path / "s.yaml", user_spec())
+    result = runner.invoke(app, ["run", str(spec), "--no-tracking"])
+    assert result.exit_code == 2, result.output
+    assert "could not be imported" in one_line_error(result.output)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"lr": 0.01}))
+    result = runner.invoke(app, ["train", str(config), "-w", MISSING, "--steps", "2"])
+    assert result.exit_code == 2, result.output
+    assert "could not be imported" in one_line_error(result.output)
+    nothing_written(tmp_path, "s.yaml", "c.yaml")
+
+
+# ------------------------------------------------------------------ 2. searched workload args
+def test_invalid_searched_choice_refused_before_anything_is_created(tmp_path, monkeypatch):
+    import sweeps.workers
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sweeps.workers, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    data = small_spec(study="act", n_trials=1, steps=10)
+    data["space"]["workload.activation"] = {"type": "categorical", "choices": ["relu", "swish"]}
+    spec = write_spec(tmp_path / "s.yaml", data)
+    result = runner.invoke(app, ["run", str(spec)])  # tracking on: no MLflow store either
+    assert result.exit_code == 2, result.output
+    line = one_line_error(result.output)
+    assert "space.workload.activation.choices" in line and "activation='swish'" in line
+    assert "relu, tanh, gelu" in line
+    nothing_written(tmp_path, "s.yaml")
+
+
+def test_every_searched_value_is_built_first_and_last(tmp_path):
+    from sweeps.runner import preflight, workload_arg_values
+
+    data = small_spec(study="act", n_trials=1, steps=10)
+    data["workload"]["args"].pop("depth")
+    data["space"]["workload.depth"] = {"type": "int", "low": 1, "high": 4}
+    spec = parse_spec(data)
+    base, variants = workload_arg_values(spec)
+    assert base["depth"] == 1 and variants == [("space.workload.depth.high", "depth", 4)]
+    with pytest.raises(SpecError, match=r"space\.workload\.depth\.low: workload 'deep_mlp' "
+                       r"rejects depth=1 .*depth must be >= 2"):
+        preflight(spec)
+    data["space"]["workload.depth"] = {"type": "int", "low": 2, "high": 4}
+    data["space"]["workload.loss"] = {"type": "categorical", "choices": ["mse", "l1"]}
+    with pytest.raises(SpecError, match=r"space\.workload\.loss\.choices: .*loss='l1'"):
+        preflight(parse_spec(data))
+
+
+def test_user_factory_rejecting_a_searched_value(tmp_path, monkeypatch, clean_path):
+    from sweeps.runner import preflight
+
+    (tmp_path / "gru_user_i14.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = user_spec("gru_user_i14:make")
+    data["space"]["workload.cell"] = {"type": "categorical", "choices": ["gru", "rnn"]}
+    with pytest.raises(SpecError, match=r"space\.workload\.cell\.choices: workload "
+                       r"'gru_user_i14:make' rejects cell='rnn' .*cell must be gru or lstm"):
+        preflight(parse_spec(data))
+
+
+# ------------------------------------------------------------------ 3. duplicate keys
+def test_duplicate_keys_refused_with_key_and_both_lines(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "dup.yaml"
+    spec.write_text(textwrap.dedent("""\
+        study: dup
+        workload: deep_mlp
+        steps: 20
+        space:
+          lr: {type: float, low: 0.001, high: 0.1, log: true}
+          lr: {type: float, low: 0.01, high: 0.1, log: true}
+        """))
+    with pytest.raises(SpecError, match=r"space\.lr: given twice \(lines 5 and 6\)"):
+        load_spec(spec)
+    result = runner.invoke(app, ["run", str(spec), "--no-tracking"])
+    assert result.exit_code == 2
+    assert "space.lr: given twice (lines 5 and 6)" in one_line_error(result.output)
+    nothing_written(tmp_path, "dup.yaml")
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("study: a\nstudy: b\n")
+    with pytest.raises(SpecError, match=r"^study: given twice \(lines 1 and 2\)"):
+        load_spec(nested)
+    tagged = tmp_path / "tagged.yaml"
+    tagged.write_text("study: a\nworkload: !!python/object:os.system {}\n")
+    with pytest.raises(SpecError, match="could not determine a constructor"):
+        load_spec(tagged)
+
+
+# ------------------------------------------------------------------ 4. how a module is found
+def test_cli_finds_a_workload_module_in_the_working_directory(tmp_path, monkeypatch,
+                                                               clean_path):
+    (tmp_path / "gru_cwd_i14.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"lr": 0.01}))
+    result = runner.invoke(app, ["train", str(config), "-w", "gru_cwd_i14:make", "--steps", "3"])
+    assert result.exit_code == 0, result.output
+    assert "gru_seq" in result.output
+
+
+def test_import_error_says_how_the_module_is_found():
+    from stability.workloads import WorkloadError, load_workload
+
+    with pytest.raises(WorkloadError) as info:
+        load_workload(MISSING)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "nosuch_user_mod_i14.py" in message and "PYTHONPATH" in message
+
+
+def test_readme_says_how_a_workload_module_is_found():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("Built-in workloads (`stabsweep workloads`)"):]
+    section = section[:section.index("\n## ")]
+    assert "PYTHONPATH" in section and "working directory" in section
+
+
+# ------------------------------------------------------------------ 5. busy study, at once
+def test_busy_study_refused_before_the_preflight(tmp_path, monkeypatch):
+    import sweeps.runner
+    from sweeps.runner import RunOptions, SweepError, run_sweep
+
+    monkeypatch.setattr(sweeps.runner, "preflight",
+                        lambda *a, **k: pytest.fail("preflight ran before the lock check"))
+    holder = open(tmp_path / "stabsweep.db.lock", "a+")  # noqa: SIM115
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    holder.write("pid 4242 on elsewhere")
+    holder.flush()
+    try:
+        with pytest.raises(SweepError, match=r"in use by a running sweep \(pid 4242 on "):
+            run_sweep(parse_spec(small_spec()), RunOptions(workdir=tmp_path, tracking=False))
+    finally:
+        holder.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stabsweep.db.lock"]
+
+
+def test_busy_check_creates_nothing(tmp_path):
+    from sweeps.storage import check_not_busy
+
+    check_not_busy(None, workdir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ 7. plain output
+def test_ray_colours_off_when_output_is_not_a_terminal(monkeypatch):
+    from sweeps.workers import plain_ray_output
+
+    class Stream:
+        def __init__(self, tty: bool) -> None:
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
+    plain_ray_output((Stream(True), Stream(True)))
+    assert "RAY_COLOR_PREFIX" not in __import__("os").environ
+    plain_ray_output((Stream(True), Stream(False)))
+    assert __import__("os").environ["RAY_COLOR_PREFIX"] == "0"
+
+
+def test_one_worker_is_singular():
+    from rich.console import Console
+
+    from sweeps.progress import SweepDisplay
+
+    console = Console(record=True, width=200)
+    display = SweepDisplay(console)
+    display("start", {"study": "s", "workers": 1, "storage": "x", "finished": 0,
+                      "n_trials": 2})
+    display("start", {"study": "s", "workers": 2, "storage": "x", "finished": 0,
+                      "n_trials": 2})
+    text = console.export_text()
+    assert "1 worker," in text and "2 workers," in text
