@@ -9,6 +9,7 @@ the host: results stay on the gradients' device until the caller flushes them.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -37,6 +38,35 @@ def layer_of(param_name: str) -> str:
     return head or param_name
 
 
+_DIGITS = re.compile(r"^[0-9]+$")
+
+
+def layer_labels(model: nn.Module, paths: list[str]) -> list[str]:
+    """Readable layer names, in model order: ``0`` -> ``00:Linear``, ``blocks.1.attn`` ->
+    ``blocks.01.attn:MultiheadAttention``.
+
+    Numeric path parts are zero-padded (``2`` sorts before ``10``), the module's type follows
+    a colon. When the labels would not sort (as text, which is how the MLflow UI orders
+    charts) in model order, each gets its position as a prefix: ``03-head:Linear``. A
+    parameter owned by the model itself keeps its name.
+    """
+    modules = dict(model.named_modules())
+    width = max([2] + [len(part) for path in paths for part in path.split(".")
+                       if _DIGITS.match(part)])
+    labels = []
+    for path in paths:
+        padded = ".".join(part.zfill(width) if _DIGITS.match(part) else part
+                          for part in path.split("."))
+        module = modules.get(path)
+        labels.append(f"{padded}:{type(module).__name__}" if module is not None and path
+                      else padded)
+    ordered = labels == sorted(labels) and labels == sorted(labels, key=str.lower)
+    if not ordered or len(set(labels)) != len(labels):
+        digits = max(2, len(str(len(labels) - 1)))
+        labels = [f"{i:0{digits}d}-{label}" for i, label in enumerate(labels)]
+    return labels
+
+
 class GradMonitor:
     """Measures the gradients of a model's parameters, grouped per module.
 
@@ -49,6 +79,8 @@ class GradMonitor:
         self.param_names: list[str] = []
         self.params: list[nn.Parameter] = []
         self.layer_names: list[str] = []
+        self.layer_paths: list[str] = self.layer_names
+        """module path of each layer (``layer_names`` may be readable labels of them)."""
         layer_pos: dict[str, int] = {}
         self._layer_of_param: list[int] = []
         for name, param in named_parameters:
@@ -70,7 +102,11 @@ class GradMonitor:
 
     @classmethod
     def for_model(cls, model: nn.Module) -> GradMonitor:
-        return cls(model.named_parameters())
+        """A monitor whose layers have readable names (:func:`layer_labels`)."""
+        monitor = cls(model.named_parameters())
+        monitor.layer_paths = list(monitor.layer_names)
+        monitor.layer_names = layer_labels(model, monitor.layer_paths)
+        return monitor
 
     @property
     def n_layers(self) -> int:
@@ -127,5 +163,5 @@ def grad_norms(module: nn.Module, norm_type: float = 2.0) -> dict[str, Tensor]:
     monitor = GradMonitor.for_model(module)
     stats = monitor.measure(norm_type)
     out = {"global": stats.global_norm}
-    out.update(zip(monitor.layer_names, stats.layer_norms.unbind(0), strict=True))
+    out.update(zip(monitor.layer_paths, stats.layer_norms.unbind(0), strict=True))
     return out

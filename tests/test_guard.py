@@ -31,10 +31,11 @@ def test_trace_records_every_step_with_pre_clip_norms():
     trace = guard.trace()
     assert list(trace["step"]) == [0, 1, 2, 3, 4]
     assert {"loss", "grad_norm", "lr", "clip_coef", "clip_threshold", "amp_scale", "overflow",
-            "nonfinite", "grad_norm/0", "grad_norm/2"} <= set(trace.columns)
+            "nonfinite", "grad_norm/00:Linear", "grad_norm/02:Linear"} <= set(trace.columns)
     row = trace.iloc[-1]
     # pre-clip global norm = sqrt of the sum of squared layer norms
-    assert row["grad_norm"] == pytest.approx(math.hypot(row["grad_norm/0"], row["grad_norm/2"]),
+    assert row["grad_norm"] == pytest.approx(math.hypot(row["grad_norm/00:Linear"],
+                                                       row["grad_norm/02:Linear"]),
                                              rel=1e-5)
     assert row["clip_threshold"] == pytest.approx(0.1)
     assert row["clip_coef"] == pytest.approx(min(1, 0.1 / (row["grad_norm"] + 1e-6)), rel=1e-5)

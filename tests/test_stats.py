@@ -23,7 +23,8 @@ def _model_with_grads() -> nn.Module:
 def test_l2_norms_by_hand():
     model = _model_with_grads()
     monitor = GradMonitor.for_model(model)
-    assert monitor.layer_names == ["0", "1", "2"]
+    assert monitor.layer_names == ["00:Linear", "01:Linear", "02:Linear"]
+    assert monitor.layer_paths == ["0", "1", "2"]
     stats = monitor.measure(2.0)
     assert stats.param_norms.tolist() == pytest.approx([5.0, 12.0, 10.0])
     # layer 0: sqrt(25 + 144) = 13 ; layer 1: 10 ; layer 2: no grads -> 0
@@ -60,8 +61,33 @@ def test_frozen_params_are_not_monitored_and_helper_dict():
     model = _model_with_grads()
     model[1].weight.requires_grad_(False)
     monitor = GradMonitor.for_model(model)
-    assert monitor.layer_names == ["0", "2"]
+    assert monitor.layer_names == ["00:Linear", "02:Linear"]
     norms = grad_norms(_model_with_grads())
     assert float(norms["1"]) == pytest.approx(10.0)
     assert layer_of("encoder.layers.0.linear1.weight") == "encoder.layers.0.linear1"
     assert layer_of("scale") == "scale"
+
+
+def test_layer_labels_pad_indices_add_types_and_sort_in_model_order():
+    from stability.stats import layer_labels
+
+    mlp = nn.Sequential(*[nn.Linear(2, 2) if i % 2 == 0 else nn.ReLU() for i in range(23)])
+    labels = GradMonitor.for_model(mlp).layer_names
+    assert labels[:3] == ["00:Linear", "02:Linear", "04:Linear"] and labels[-1] == "22:Linear"
+    assert labels == sorted(labels)  # "10" after "08", not after "0" as text
+
+    class Net(nn.Module):  # model order is not alphabetical: positions are prefixed
+        def __init__(self) -> None:
+            super().__init__()
+            self.tok = nn.Embedding(5, 4)
+            self.blocks = nn.ModuleList([nn.Linear(4, 4) for _ in range(11)])
+            self.head = nn.Linear(4, 5)
+            self.scale = nn.Parameter(torch.ones(1))
+
+    net = Net()
+    paths = GradMonitor(net.named_parameters()).layer_names
+    labels = layer_labels(net, paths)
+    assert labels[0] == "00-scale"  # a parameter of the model itself keeps its name
+    assert labels[1] == "01-tok:Embedding" and labels[2] == "02-blocks.00:Linear"
+    assert labels[12] == "12-blocks.10:Linear" and labels[13] == "13-head:Linear"
+    assert labels == sorted(labels)
