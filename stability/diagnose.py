@@ -258,6 +258,27 @@ def _first_layer(frame: pd.DataFrame, layers: list[str], skip: np.ndarray, onset
     return name
 
 
+def _largest_rise(frame: pd.DataFrame, layers: list[str], onset: int, v: int) -> str | None:
+    """Fallback when no layer has a band (an explosion in the first steps, or every layer
+    back in its band at the verdict): the first layer to turn non-finite up to the verdict,
+    else the layer whose norm rose most from before the onset (step 0 when nothing precedes
+    it) to the verdict."""
+    if not layers:
+        return None
+    values = frame[layers].to_numpy(np.float64)[:v + 1]
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(np.flatnonzero(bad.any(axis=1))[0])
+        return layers[int(np.flatnonzero(bad[row])[0])][len(LAYER_PREFIX):]
+    logs = np.log(np.maximum(values, 1e-30))
+    lo = max(0, onset - _REF_SPAN)
+    ref = np.median(logs[lo:onset], axis=0) if onset > lo else logs[0]
+    rise = logs[-1] - ref
+    if v == 0 or not np.isfinite(rise).any() or np.nanmax(rise) <= 0:
+        return layers[int(np.argmax(logs[-1]))][len(LAYER_PREFIX):]
+    return layers[int(np.nanargmax(rise))][len(LAYER_PREFIX):]
+
+
 # ---------------------------------------------------------------------------- diagnose
 def diagnose(trace: pd.DataFrame, verdict: Verdict | None = None,
              config: StabilityConfig | None = None) -> Diagnosis:
@@ -306,7 +327,8 @@ def diagnose(trace: pd.DataFrame, verdict: Verdict | None = None,
     diag.verdict = verdict
     diag.onset_step, diag.verdict_step = int(steps[onset]), int(verdict.step)
     diag.verdict_kind = verdict.kind
-    diag.first_layer = _first_layer(frame, layers, skip, onset, v) or verdict.layer
+    diag.first_layer = (_first_layer(frame, layers, skip, onset, v)
+                        or _largest_rise(frame, layers, onset, v) or verdict.layer)
     if grow.size >= 2:
         slope = float(np.polyfit(steps[grow].astype(np.float64), logs[grow], 1)[0])
         diag.growth_rate = math.exp(slope)

@@ -192,3 +192,38 @@ def test_bad_trace_is_named() -> None:
 def test_public_types() -> None:
     s = Suggestion("clip", "clip by norm at 1", {"clip_method": "norm", "clip_threshold": 1.0})
     assert isinstance(Diagnosis(exploded=False).suggestions, list) and s.changes
+
+
+@pytest.mark.parametrize("verdict_step", [1, 2, 3])
+def test_first_layer_named_for_explosions_in_the_first_steps(verdict_step: int) -> None:
+    """No baseline yet (the detectors fall back to none): the layer that rose most is named."""
+    n = verdict_step + 1
+    layers = np.tile([1.0, 0.5, 0.8, 0.3], (n, 1))
+    layers[1:, 2] *= 50.0 ** np.arange(1, n)[:, None].ravel()  # fc2 leaps from step 1 on
+    layers[1:, 3] *= 3.0  # fc3 is the largest-but-one, rises less
+    loss = np.linspace(1.0, 1e3, n)
+    verdict = Verdict("loss_divergence", verdict_step, 1e3, 10.0, layer=None)
+    diag = diagnose(make_trace(n, layers, loss), verdict)
+    assert diag.exploded and diag.first_layer == "fc2"
+    assert "unknown" not in diag.summary()
+
+
+@pytest.mark.parametrize("verdict_step", [1, 2, 3])
+def test_first_layer_of_an_early_nonfinite_step_is_the_first_nonfinite_layer(
+        verdict_step: int) -> None:
+    n = verdict_step + 1
+    layers = np.tile([1.0, 0.5, 0.8, 0.3], (n, 1))
+    layers[verdict_step, 1] = math.inf
+    layers[verdict_step, 3] = math.nan
+    loss = np.ones(n)
+    loss[verdict_step] = math.nan
+    diag = diagnose(make_trace(n, layers, loss),
+                    Verdict("nonfinite", verdict_step, math.nan, 0.0, layer=None))
+    assert diag.first_layer == "fc1"
+
+
+def test_first_layer_at_step_zero_is_the_largest_norm() -> None:
+    layers = np.array([[1.0, 9.0, 2.0, 0.5]])
+    diag = diagnose(make_trace(1, layers, np.array([5.0])),
+                    Verdict("loss_divergence", 0, 5.0, 1.0, layer=None))
+    assert diag.first_layer == "fc1"
