@@ -51,6 +51,7 @@ __all__ = [
     "outcome_of",
     "param_column",
     "reason_of",
+    "steps_accounting",
     "study_spec",
     "top_suggestion_of",
     "trials_frame",
@@ -241,24 +242,42 @@ def _rate_table(values: pd.Series, exploded: pd.Series, bins: int) -> pd.DataFra
     return table
 
 
+def steps_accounting(state: str, steps_run: Any, steps_per_trial: int) -> tuple[int, int]:
+    """(steps the trial ran, steps a sweep without pruning would have spent on it).
+
+    A COMPLETE or PRUNED trial would have run every step; a FAIL trial (the workload raised,
+    its worker was lost, the sweep was interrupted) stops where it stopped with or without
+    pruning, so it counts as the steps it ran on both sides. A missing ``steps_run`` counts as
+    every step (COMPLETE/PRUNED: no saving claimed) or none (FAIL).
+    """
+    missing = _is_missing(steps_run)
+    if state == "FAIL":
+        steps = 0 if missing else max(0, min(int(steps_run), steps_per_trial))
+        return steps, steps
+    steps = steps_per_trial if missing else max(0, min(int(steps_run), steps_per_trial))
+    return steps, steps_per_trial
+
+
 def compute_savings(df: pd.DataFrame, steps_per_trial: int) -> dict[str, Any]:
     """Steps the finished trials ran against ``n_trials x steps_per_trial`` without pruning.
 
-    RUNNING and WAITING trials are left out; a trial without ``steps_run`` counts as having
-    run all its steps (no saving claimed). ``saved_by_outcome`` splits the saving between
-    explosion pruning, Optuna's pruner and failures.
+    RUNNING and WAITING trials are left out; each other trial counts as
+    :func:`steps_accounting` says (a FAIL trial as the steps it ran, on both sides: pruning saved
+    nothing there). ``saved_by_outcome`` splits the saving between explosion pruning and
+    Optuna's pruner.
     """
     if isinstance(steps_per_trial, bool) or not isinstance(steps_per_trial, int) or (
             steps_per_trial < 1):
         raise ValueError(f"steps_per_trial must be an integer >= 1; got {steps_per_trial!r}")
     done = df[~df["state"].isin(("RUNNING", "WAITING"))]
-    run = [steps_per_trial if _is_missing(s) else min(int(s), steps_per_trial)
-           for s in done["steps_run"]]
-    budget = len(done) * steps_per_trial
+    pairs = [steps_accounting(state, s, steps_per_trial)
+             for state, s in zip(done["state"], done["steps_run"], strict=True)]
+    run = [r for r, _ in pairs]
+    budget = sum(b for _, b in pairs)
     saved_by: dict[str, int] = {}
-    for outcome, steps in zip(done["outcome"], run, strict=True):
-        if steps < steps_per_trial:
-            saved_by[str(outcome)] = saved_by.get(str(outcome), 0) + steps_per_trial - steps
+    for outcome, (steps, spent) in zip(done["outcome"], pairs, strict=True):
+        if steps < spent:
+            saved_by[str(outcome)] = saved_by.get(str(outcome), 0) + spent - steps
     total = int(sum(run))
     return {"trials": len(done), "steps_per_trial": steps_per_trial, "steps_run": total,
             "steps_budget": budget, "steps_saved": budget - total,

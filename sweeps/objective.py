@@ -11,6 +11,7 @@ import math
 import os
 import socket
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,9 +103,12 @@ def worker_info(device: str, threads: int, gpu_ids: list[Any] | None = None) -> 
             "torch_threads": threads, "gpu_ids": [str(g) for g in gpu_ids or []]}
 
 
-def run_trial(task: TrialTask, *, device: str = "cpu",
-              info: dict[str, Any] | None = None) -> TrialOutcome:
-    """Train one trial and say how it ended. Never raises for the workload's errors."""
+def run_trial(task: TrialTask, *, device: str = "cpu", info: dict[str, Any] | None = None,
+              on_progress: Callable[[int], None] | None = None) -> TrialOutcome:
+    """Train one trial and say how it ended. Never raises for the workload's errors.
+
+    ``on_progress(steps)`` is called with the optimizer steps done at each report (every
+    ``report_every`` steps); a failed trial's ``steps_run`` is the last of them."""
     import time
 
     from stability.config import StabilityConfig
@@ -118,7 +122,12 @@ def run_trial(task: TrialTask, *, device: str = "cpu",
     intermediate: list[tuple[int, float]] = []
     tracker = _start_tracking(task)
 
+    steps_done = [0]
+
     def report(progress: Any) -> bool:
+        steps_done[0] = progress.step
+        if on_progress is not None:
+            on_progress(progress.step)
         if not progress.evaluated_now or task.metric not in progress.metrics:
             return False
         value = float(progress.metrics[task.metric])
@@ -145,7 +154,7 @@ def run_trial(task: TrialTask, *, device: str = "cpu",
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         return TrialOutcome(
             task.trial_number, keys.FAILED, None,
-            f"workload raised {type(exc).__name__}: {first_line}",
+            f"workload raised {type(exc).__name__}: {first_line}", steps_run=steps_done[0],
             error=traceback.format_exc(), wall_time_s=time.perf_counter() - start, worker=info,
             mlflow_run_id=tracker.run_id if tracker is not None else None)
     value = result.final_eval.get(task.metric, math.nan)

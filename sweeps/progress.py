@@ -111,7 +111,7 @@ def summary_table(summary: Any) -> Table:
         table.add_row("best", "no completed stable trial yet")
     if summary.steps_budget:
         table.add_row("compute", f"{summary.steps_run} of {summary.steps_budget} steps run "
-                                 f"({summary.steps_saved:.0%} saved by explosion pruning)")
+                                 f"({summary.steps_saved:.0%} saved by pruning)")
     table.add_row("wall time", f"{summary.wall_time_s:.1f} s")
     table.add_row("storage", summary.storage)
     if summary.mlflow_url:

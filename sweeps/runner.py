@@ -18,6 +18,7 @@ and retried; finished trials are never run again; the study reaches ``n_trials``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -87,6 +88,17 @@ class Running:
     attempt: int
     run_id: str | None
     started: float
+    steps: int = 0
+    """optimizer steps the worker last said it had done (see _poll_progress)."""
+    progress_ref: Any = None
+    asked: float = 0.0
+    saved: float = 0.0
+
+
+PROGRESS_EVERY_S = 1.0
+"""How often the driver asks each running trial's worker how many steps it has done."""
+PERSIST_EVERY_S = 5.0
+"""How often a running trial's steps go to the study, where a restarted driver finds them."""
 
 
 EventHandler = Callable[[str, dict[str, Any]], None]
@@ -341,6 +353,7 @@ class _Driver:
             done, _ = ray.wait(list(self.running), num_returns=1, timeout=0.5)
             for ref in done:
                 finished += self._collect(ref)  # counted here: no query of every trial
+            self._poll_progress()
             if self.consecutive_failures >= self.options.max_consecutive_failures:
                 raise SweepError(
                     f"{self.consecutive_failures} trials in a row failed (the workload raised); "
@@ -376,6 +389,33 @@ class _Driver:
         self.trials_this_run += 1
         self.emit("dispatch", {"trial": trial.number, "params": trial.params,
                                "attempt": attempt})
+
+    def _poll_progress(self, wait_s: float = 0.0) -> None:
+        """Ask each running trial's worker, at most every PROGRESS_EVERY_S, how many steps it
+        has done, without blocking; store the count every PERSIST_EVERY_S. An interrupted trial
+        or one whose worker is lost is then recorded with the steps it ran, not 0 or all."""
+        import ray
+
+        now = time.perf_counter()
+        pending = [r.progress_ref for r in self.running.values() if r.progress_ref is not None]
+        answered: set[Any] = set()
+        if pending:
+            answered = set(ray.wait(pending, num_returns=len(pending), timeout=wait_s)[0])
+        for item in self.running.values():
+            if item.progress_ref is not None and item.progress_ref in answered:
+                try:
+                    answer = ray.get(item.progress_ref)
+                except ray.exceptions.RayError:
+                    answer = None  # the worker is gone; _collect will say so
+                item.progress_ref = None
+                if answer and answer[0] == item.trial.number and answer[1] > item.steps:
+                    item.steps = int(answer[1])
+                    if now - item.saved >= PERSIST_EVERY_S:
+                        item.trial.set_user_attr(keys.STEPS_RUN, item.steps)
+                        item.saved = now
+            if item.progress_ref is None and now - item.asked >= PROGRESS_EVERY_S:
+                item.progress_ref = self.pool.ask_progress(item.slot)
+                item.asked = now
 
     def _collect(self, ref: Any) -> int:
         """Tell Optuna how a trial ended; 1 if it is now finished (COMPLETE or PRUNED)."""
@@ -435,16 +475,19 @@ class _Driver:
         from optuna.trial import TrialState
 
         trial = item.trial
+        wall = time.perf_counter() - item.started
         trial.set_user_attr(keys.OUTCOME, outcome)
         trial.set_user_attr(keys.REASON, reason)
+        trial.set_user_attr(keys.STEPS_RUN, item.steps)  # at least these (worker's last word)
+        trial.set_user_attr(keys.WALL_TIME, round(wall, 3))
         self.study.tell(trial, None, state=TrialState.FAIL, skip_if_finished=True)
         if self.tracker is not None and item.run_id is not None:
             self.tracker.close_trial_run(item.run_id, outcome, reason)
         retried = self._retry(trial.number, trial.params, item.attempt)
         self.emit("trial", {"trial": trial.number, "outcome": outcome, "value": None,
                             "reason": reason + ("; retrying" if retried else "; retries used up"),
-                            "steps_run": 0, "params": trial.params, "wall_time_s": 0.0,
-                            "best": self._best_value()})
+                            "steps_run": item.steps, "params": trial.params,
+                            "wall_time_s": wall, "best": self._best_value()})
 
     def _retry(self, number: int, params: dict[str, Any], attempt: int) -> bool:
         if attempt > self.options.max_retries:
@@ -465,6 +508,11 @@ class _Driver:
             trial = Trial(study, frozen._trial_id)
             trial.set_user_attr(keys.OUTCOME, keys.INTERRUPTED)
             trial.set_user_attr(keys.REASON, reason)
+            # The steps the driver last stored for it (or its last reported step): a lower
+            # bound, and never the full budget.
+            known = [int(frozen.user_attrs.get(keys.STEPS_RUN) or 0),
+                     *(int(step) for step in frozen.intermediate_values)]
+            trial.set_user_attr(keys.STEPS_RUN, min(max(known), self.spec.steps))
             study.tell(frozen.number, None, state=TrialState.FAIL, skip_if_finished=True)
             attempt = int(frozen.user_attrs.get(keys.ATTEMPT, 1))
             self._retry(frozen.number, frozen.params, attempt)
@@ -472,7 +520,13 @@ class _Driver:
 
     def _interrupt(self) -> None:
         # Ctrl-C may land anywhere, even between ask() and dispatch: close what we know, then
-        # anything else still RUNNING in the study.
+        # anything else still RUNNING in the study. First a last word from the workers on the
+        # steps their trials ran (those that still answer, within a second).
+        with contextlib.suppress(Exception):  # best effort: the steps stay as last polled
+            for item in self.running.values():
+                item.asked = 0.0
+            self._poll_progress()
+            self._poll_progress(wait_s=1.0)
         for item in list(self.running.values()):
             self._close_lost(item, keys.INTERRUPTED, "interrupted (Ctrl-C); retried on resume")
         self.running.clear()
@@ -531,13 +585,19 @@ class _Driver:
     def _summary(self, start: float) -> SweepSummary:
         from optuna.trial import TrialState
 
+        from sweeps._trials import steps_accounting
+
         trials = self.study.get_trials(deepcopy=False)
         counts: dict[str, int] = {}
-        steps = 0
+        steps = budget = 0
         for t in trials:
             outcome = t.user_attrs.get(keys.OUTCOME, t.state.name.lower())
             counts[outcome] = counts.get(outcome, 0) + 1
-            steps += int(t.user_attrs.get(keys.STEPS_RUN, 0) or 0)
+            if t.state.name in ("RUNNING", "WAITING"):
+                continue
+            ran, spent = steps_accounting(t.state.name, t.user_attrs.get(keys.STEPS_RUN),
+                                          self.spec.steps)
+            steps, budget = steps + ran, budget + spent
         best = None
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         if complete:
@@ -546,9 +606,7 @@ class _Driver:
         finished = sum(1 for t in trials if t.state.name in FINISHED_STATES)
         return SweepSummary(
             study=self.spec.study, storage=self.storage.display_url,
-            n_trials=finished, counts=counts, best=best, steps_run=steps,
-            steps_budget=len([t for t in trials if keys.STEPS_RUN in t.user_attrs])
-            * self.spec.steps,
+            n_trials=finished, counts=counts, best=best, steps_run=steps, steps_budget=budget,
             wall_time_s=time.perf_counter() - start,
             mlflow_url=self.tracker.ui_url() if self.tracker is not None else None,
             trials_this_run=self.trials_this_run)

@@ -48,7 +48,21 @@ class TrialWorker:
         return self.info
 
     def run(self, task: TrialTask) -> TrialOutcome:
-        return run_trial(task, device=self.device, info=dict(self.info))
+        self.current = (task.trial_number, 0)
+        try:
+            return run_trial(task, device=self.device, info=dict(self.info),
+                             on_progress=lambda steps: self._progress(task.trial_number, steps))
+        finally:
+            self.current = None
+
+    def _progress(self, trial_number: int, steps: int) -> None:
+        self.current = (trial_number, steps)
+
+    def progress(self) -> tuple[int, int] | None:
+        """(trial number, optimizer steps done) of the trial running now, or None. Answered
+        while ``run`` trains (the actor has a second thread), so the driver can record the
+        steps a trial ran before it was interrupted or its worker lost."""
+        return getattr(self, "current", None)
 
 
 @dataclass
@@ -69,7 +83,7 @@ class WorkerPool:
         self.cpus, self.gpus = cpus_per_trial, gpus_per_trial
         self._remote_cls = ray.remote(TrialWorker).options(
             num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_restarts=0,
-            max_concurrency=1)
+            max_concurrency=2)  # run() and progress(); the driver sends one run() at a time
         self.slots: list[Slot] = [self._new_slot() for _ in range(n)]
         self.start_failures = 0
         self.max_start_failures = 2 * n + 2
@@ -100,6 +114,10 @@ class WorkerPool:
 
     def submit(self, index: int, task: TrialTask) -> Any:
         return self.slots[index].actor.run.remote(task)
+
+    def ask_progress(self, index: int) -> Any:
+        """A ref to (trial number, steps done) of slot ``index``'s running trial."""
+        return self.slots[index].actor.progress.remote()
 
     def replace(self, index: int) -> None:
         with contextlib.suppress(Exception):  # already dead

@@ -190,9 +190,10 @@ def test_compute_savings() -> None:
                                  distributions={"lr": DISTS["lr"]}))
     savings = compute_savings(trials_frame(study), 200)
     assert savings["trials"] == 9  # the running trial is left out
-    assert savings["steps_run"] == 1170 and savings["steps_budget"] == 1800
-    assert savings["steps_saved"] == 630 and savings["fraction_saved"] == pytest.approx(0.35)
-    assert savings["saved_by_outcome"] == {"exploded": 340, "slow": 100, "failed": 190}
+    # the failed trial ran 10 steps: 10 on both sides (pruning saved nothing there; issue 14)
+    assert savings["steps_run"] == 1170 and savings["steps_budget"] == 1610
+    assert savings["steps_saved"] == 440 and savings["fraction_saved"] == pytest.approx(440 / 1610)
+    assert savings["saved_by_outcome"] == {"exploded": 340, "slow": 100}
     with pytest.raises(ValueError, match="steps_per_trial must be an integer >= 1; got 0"):
         compute_savings(trials_frame(study), 0)
 
@@ -206,7 +207,7 @@ def test_study_status_counts_best_and_json() -> None:
     assert status["counts"]["outcome"] == {"complete": 4, "exploded": 3, "slow": 1, "failed": 1}
     assert status["counts"]["state"] == {"COMPLETE": 4, "PRUNED": 4, "FAIL": 1}
     assert status["best"] == {"number": 1, "value": 0.30, "params": params_of(3e-3, 1.0, 1)}
-    assert status["savings"]["steps_saved"] == 630
+    assert status["savings"]["steps_saved"] == 440  # the failed trial saved nothing
     third = status["trials"][3]
     assert third["outcome"] == "exploded" and third["why"] == "exploded: nonfinite"
     assert third["value"] is None and third["steps_run"] == 120
@@ -221,7 +222,7 @@ def test_render_status_prints_the_table() -> None:
     text = console.export_text()
     assert "demo: 9 trials (4 complete, 3 exploded, 1 slow, 1 failed)" in text
     assert "best stable trial #1: eval_loss = 0.3" in text
-    assert "steps run: 1170 of 1800 (35% saved by pruning)" in text
+    assert "steps run: 1170 of 1610 (27% saved by pruning)" in text
     assert "RuntimeError: boom" in text and "exploded: spike" in text
 
 
@@ -243,7 +244,7 @@ def test_write_report_files_and_content(tmp_path: Path) -> None:
     assert "Most common first layers: `layers.11` (2), `layers.0` (1)." in text
     assert "Most common verdict kinds: `nonfinite` (2), `spike` (1)." in text
     assert "| [0.152, 0.8] | 4 | 3 | 0.75 |" in text
-    assert "Steps run: 1170 of 1800" in text and "(35.0% saved)" in text
+    assert "Steps run: 1170 of 1610" in text and "(27.3% saved)" in text
     assert "| exploded | 3 |" in text
     assert "![Stability map](stability_map.png)" in text
     assert "## Parameter importances" in text and "fANOVA" in text

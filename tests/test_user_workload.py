@@ -304,3 +304,108 @@ def test_one_worker_is_singular():
                       "n_trials": 2})
     text = console.export_text()
     assert "1 worker," in text and "2 workers," in text
+
+
+# ------------------------------------------------------------------ 6. honest accounting
+def test_steps_accounting_counts_failures_as_the_steps_they_ran():
+    from sweeps._trials import steps_accounting
+
+    assert steps_accounting("COMPLETE", 200, 200) == (200, 200)
+    assert steps_accounting("PRUNED", 40, 200) == (40, 200)      # saved by pruning
+    assert steps_accounting("PRUNED", None, 200) == (200, 200)   # unknown: no saving claimed
+    assert steps_accounting("FAIL", 37, 200) == (37, 37)         # pruning saved nothing there
+    assert steps_accounting("FAIL", None, 200) == (0, 0)
+    assert steps_accounting("FAIL", 999, 200) == (200, 200)
+
+
+def _driver(tmp_path: Path, events: list[tuple[str, dict[str, Any]]]):  # type: ignore[no-untyped-def]
+    from sweeps.runner import RunOptions, _Driver
+
+    spec = parse_spec(small_spec(steps=40))
+    storage = type("Storage", (), {"display_url": "in-memory"})()
+    driver = _Driver(spec, RunOptions(workdir=tmp_path, tracking=False), storage=storage,
+                     emit=lambda kind, data: events.append((kind, data)))
+    driver.study = optuna.create_study(direction="minimize")
+    return driver
+
+
+def test_interrupted_trial_is_recorded_with_the_steps_it_ran(tmp_path):
+    import time
+
+    from sweeps.runner import Running
+
+    events: list[tuple[str, dict[str, Any]]] = []
+    driver = _driver(tmp_path, events)
+    study = driver.study
+    complete = study.ask()
+    complete.set_user_attr(keys.STEPS_RUN, 40)
+    study.tell(complete, 0.5)
+    trial = study.ask({"lr": FloatDistribution(1e-3, 30.0, log=True)})
+    item = Running(trial, None, 0, 1, None, time.perf_counter() - 2.0, steps=17)
+    driver._close_lost(item, keys.INTERRUPTED, "interrupted (Ctrl-C); retried on resume")
+    frozen = study.trials[trial.number]
+    assert frozen.state == TrialState.FAIL
+    assert frozen.user_attrs[keys.STEPS_RUN] == 17
+    assert frozen.user_attrs[keys.WALL_TIME] >= 2.0
+    shown = [d for kind, d in events if kind == "trial"][-1]
+    assert shown["steps_run"] == 17 and shown["wall_time_s"] >= 2.0
+    summary = driver._summary(time.perf_counter())
+    # 40 + 17 run; the interrupted trial is no saving: 40 + 17 budget, not 40 + 40
+    assert (summary.steps_run, summary.steps_budget, summary.steps_saved) == (57, 57, 0.0)
+
+
+def test_trials_a_dead_driver_left_running_keep_their_stored_steps(tmp_path):
+    events: list[tuple[str, dict[str, Any]]] = []
+    driver = _driver(tmp_path, events)
+    study = driver.study
+    stored = study.ask()
+    stored.set_user_attr(keys.STEPS_RUN, 23)   # what _poll_progress persisted
+    reported = study.ask()
+    reported.report(0.4, 30)                   # a worker-side Optuna report
+    unknown = study.ask()
+    driver._recover_stale(study)
+    steps = {t.number: t.user_attrs.get(keys.STEPS_RUN) for t in study.trials[:3]}
+    assert steps == {stored.number: 23, reported.number: 30, unknown.number: 0}
+    assert all(t.state == TrialState.FAIL for t in study.trials[:3])
+
+
+def test_failed_trial_counts_the_steps_before_it_raised(tmp_path, monkeypatch, clean_path):
+    from sweeps.objective import TrialTask, run_trial
+
+    (tmp_path / "gru_fail_i14.py").write_text(USER_MODULE + textwrap.dedent('''
+
+        class Failing(GRUSeq):
+            calls = 0
+
+            def loss(self, model, batch):
+                self.calls += 1
+                if self.calls == 8:
+                    raise RuntimeError("boom at step 8")
+                return super().loss(model, batch)
+
+
+        def failing(seed=0, device="cpu"):
+            return Failing(seed, device, 8, "gru")
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen: list[int] = []
+    task = TrialTask(study_name="s", trial_number=0, trial_id=0, config={"lr": 0.01},
+                     workload="gru_fail_i14:failing", workload_args={}, steps=20,
+                     eval_every=20, report_every=3, seed=0, metric="eval_loss",
+                     direction="minimize")
+    outcome = run_trial(task, on_progress=seen.append)
+    assert outcome.outcome == keys.FAILED and "boom at step 8" in outcome.reason
+    assert outcome.steps_run == 6 and seen == [3, 6]
+
+
+def test_compute_savings_claims_nothing_for_failed_trials():
+    import pandas as pd
+
+    from sweeps._trials import compute_savings
+
+    df = pd.DataFrame({"state": ["COMPLETE", "PRUNED", "FAIL", "FAIL", "RUNNING"],
+                       "outcome": ["complete", "exploded", "failed", "interrupted", "running"],
+                       "steps_run": [100, 30, 12, None, 5]})
+    savings = compute_savings(df, 100)
+    assert savings["steps_run"] == 142 and savings["steps_budget"] == 212
+    assert savings["saved_by_outcome"] == {"exploded": 70}
