@@ -1,21 +1,33 @@
-"""Detection quality of the explosion detectors on a labelled corpus of real training runs.
+"""Detection quality on runs the detectors were never tuned on: model families held out.
 
-    python benchmarks/detection_quality.py             # full corpus (cached after the first run)
-    python benchmarks/detection_quality.py --quick     # ~40 runs: a smoke test
+    python benchmarks/detection_quality.py             # 9 families x 50 runs (cached)
+    python benchmarks/detection_quality.py --quick     # 9 families x 6 runs: a smoke test
     python benchmarks/detection_quality.py --refresh   # re-run the corpus, ignore the cache
-    python benchmarks/detection_quality.py --tune      # also search the detector settings
 
-Every run of the corpus trains to completion under ``NullDetector`` (nothing stops it; the
-guard still records the trace), then is labelled by its outcome: *exploded* when the loss
-turns non-finite or rises above 10x its initial value (the step-0 loss) at any point, healthy
-otherwise. The detectors are replayed over the recorded traces, exactly as the guard feeds
-them, and scored: recall on exploded runs, false-flag rate on healthy runs, lead time, and
-the share of explosions flagged at least one step before the loss turns non-finite.
+**The corpus.** Nine model families: the four built-in workloads and five others written to
+break detectors (``benchmarks/_families.py``: gradient scales from 2^-8 to 2^14, a loss that
+trains to near zero and bumps, one-step data faults, gated recurrent nets, pre/post-LN
+attention). Per run a seeded config: optimizer, lr from stable to explosive, norm clipping,
+warm-up, schedule, init, precision fp32 / bf16 / fp16.
 
-The corpus is a seeded list of configs (so the figures are reproducible): the four built-in
-workloads at CPU-cheap sizes, lr from stable to explosive, sgd / sgd_nesterov / adam, norm
-clipping or none, warm-up or none, fp32 / bf16 / fp16, and several init schemes. Traces are
-cached under ``benchmarks/.cache/`` (git-ignored), so re-scoring and tuning replay instantly.
+**The label is not a detector.** Every run is first trained to its end with no detector
+(``NullDetector``; a non-finite update is still never applied), and labelled from its loss
+alone: *exploded* (non-finite, or above 10x its step-0 value), *setback* (the smoothed loss
+rose and the run ends above 2x its best before the rise), *recovered* (it rose above 2x its
+best and came back) or *healthy*. Scored separately: recall on exploded, catches on setbacks,
+false flags on recovered + healthy, the lead before the first non-finite loss and before the
+blow-up, and how many verdicts came only when the label's own event happened (the loss rule
+*10x the first loss* is the label: those verdicts have lead 0).
+
+**Two policies.** ``on_spike: stop`` (replayed over the recorded traces, exactly as the guard
+feeds the detectors) and ``on_spike: skip`` (the guard skips spiking updates on device, so it
+changes the run: every config is trained again live, stopped at its verdict).
+
+**Held-out families.** The stop policy's thresholds are tuned by a coordinate search over a
+small grid (``GRID``). Leave-one-family-out: for each family, tune on the other eight and score
+on it; the held-out rows are the figures for families the tuning never saw. Beside them: tuned
+on the built-ins only and scored on the five new families, and the shipped defaults (tuned on
+all nine, the tuned split) on every family.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ import pickle
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,68 +49,84 @@ from _common import ROOT, SMALL, cache_dir, median, table
 
 from stability.detectors import (
     DEFAULT_DETECTORS,
-    Detector,
     NullDetector,
     default_detector,
     records_from_trace,
 )
 from stability.records import StepRecord
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 """Bump when the corpus generator changes: old caches are then ignored."""
 STEPS = 250
 EXPLODE_FACTOR = 10.0
-WORKLOADS = ("deep_mlp", "rnn_adding", "transformer_lm", "cnn_digits")
+BUILTIN = ("deep_mlp", "rnn_adding", "transformer_lm", "cnn_digits")
+NEW = ("scaled_mlp", "teacher", "faulty_mlp", "gated_rnn", "attn_stack")
+FAMILIES = BUILTIN + NEW
 
-# lr near the edge of stability per (workload, optimizer family), found by a scan at the SMALL
-# sizes, 200 steps, default init, fp32, no clipping, no warm-up (sgd with momentum 0.9).
-# Sampled lrs span ref x 10**[-1.5, 0.7]: mostly stable, about a third explosive.
+# lr near the edge of stability per (family, optimizer family); sampled lrs span
+# ref x 10**[-1.5, 0.8]: mostly stable, a third or so explosive. scaled_mlp's sgd lr is divided
+# by its loss scale x batch (a sum-reduced, scaled loss multiplies every gradient).
 LR_REF = {
     ("deep_mlp", "sgd"): 2.0, ("deep_mlp", "adam"): 0.05,
     ("rnn_adding", "sgd"): 0.25, ("rnn_adding", "adam"): 0.3,
     ("transformer_lm", "sgd"): 2.0, ("transformer_lm", "adam"): 0.5,
     ("cnn_digits", "sgd"): 3.0, ("cnn_digits", "adam"): 0.2,
+    ("scaled_mlp", "sgd"): 0.2, ("scaled_mlp", "adam"): 0.05,
+    ("teacher", "sgd"): 0.5, ("teacher", "adam"): 0.1,
+    ("faulty_mlp", "sgd"): 0.5, ("faulty_mlp", "adam"): 0.05,
+    ("gated_rnn", "sgd"): 0.3, ("gated_rnn", "adam"): 0.1,
+    ("attn_stack", "sgd"): 2.0, ("attn_stack", "adam"): 0.03,
 }
-WORKLOAD_CHOICES: dict[str, dict[str, Sequence[Any]]] = {
+ARG_CHOICES: dict[str, dict[str, Sequence[Any]]] = {
     "deep_mlp": {"depth": (8, 12, 16), "activation": ("relu", "tanh")},
     "rnn_adding": {"seq_len": (20, 30, 40)},
     "transformer_lm": {"norm": ("post", "pre")},
     "cnn_digits": {},
+    "scaled_mlp": {"scale": tuple(2.0 ** k for k in range(-8, 15, 2)), "depth": (3, 4, 5)},
+    "teacher": {"bumps": (0, 1, 2, 3)},
+    "faulty_mlp": {"faults": (0, 1, 2, 3), "fault_scale": (10.0, 30.0, 100.0)},
+    "gated_rnn": {"cell": ("gru", "lstm")},
+    "attn_stack": {"norm": ("post", "pre"), "n_layers": (2, 3)},
 }
 INITS = ("default", "default", "xavier_normal", "kaiming_normal", "orthogonal", "normal")
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of the corpus: a workload, its arguments, a StabilityConfig and a seed."""
+    """One run of the corpus: a family, its arguments, a StabilityConfig and a seed."""
 
     run_id: int
-    workload: str
-    workload_args: dict[str, Any]
+    family: str
+    args: dict[str, Any]
     config: dict[str, Any]
     seed: int
     steps: int = STEPS
 
 
-def make_corpus(n: int, seed: int = 0) -> list[RunSpec]:
-    """``n`` run specs, the workloads in turn, every other choice drawn from ``seed``."""
+def make_corpus(per_family: int, seed: int = 0) -> list[RunSpec]:
+    """``per_family`` run specs per family, every choice drawn from ``seed``."""
     rng = np.random.default_rng(seed)
     specs = []
-    for i in range(n):
-        workload = WORKLOADS[i % len(WORKLOADS)]
-        args = dict(SMALL[workload])
-        for key, choices in WORKLOAD_CHOICES[workload].items():
+    for i in range(per_family * len(FAMILIES)):
+        family = FAMILIES[i % len(FAMILIES)]
+        args = dict(SMALL.get(family, {}))
+        for key, choices in ARG_CHOICES[family].items():
             args[key] = choices[int(rng.integers(len(choices)))]
         optimizer = str(rng.choice(["sgd", "sgd_nesterov", "adam"], p=[0.35, 0.2, 0.45]))
-        family = "adam" if optimizer == "adam" else "sgd"
-        lr = LR_REF[(workload, family)] * 10 ** rng.uniform(-1.5, 0.7)
+        kind = "adam" if optimizer == "adam" else "sgd"
+        lr = LR_REF[(family, kind)] * 10 ** rng.uniform(-1.5, 0.8)
+        if family == "scaled_mlp" and kind == "sgd":
+            lr /= args["scale"] * 64
         config: dict[str, Any] = {"optimizer": optimizer, "lr": float(f"{lr:.3g}")}
         if optimizer == "sgd" and rng.random() < 0.3:
             config["momentum"] = 0.0
             config["lr"] = float(f"{5 * lr:.3g}")  # no momentum: a 10x smaller effective step
-        if rng.random() < 0.4:
+        if rng.random() < 0.35:
             config["clip_method"] = "norm"
-            config["clip_threshold"] = float(f"{10 ** rng.uniform(-0.6, 0.7):.2g}")
+            threshold = 10 ** rng.uniform(-0.6, 0.7)
+            if family == "scaled_mlp":
+                threshold *= args["scale"] * 64  # a threshold in the run's own units
+            config["clip_threshold"] = float(f"{threshold:.2g}")
         if rng.random() < 0.4:
             config["warmup_steps"] = int(rng.integers(10, 120))
         if rng.random() < 0.3:
@@ -108,136 +136,183 @@ def make_corpus(n: int, seed: int = 0) -> list[RunSpec]:
             config["init"] = init
             if init == "normal":
                 config["init_std"] = float(rng.choice([0.02, 0.05, 0.1]))
-        precision = str(rng.choice(["fp32", "bf16", "fp16"], p=[0.7, 0.15, 0.15]))
-        if precision == "fp16" and workload == "cnn_digits":
+        precision = str(rng.choice(["fp32", "bf16", "fp16"], p=[0.6, 0.2, 0.2]))
+        if precision == "fp16" and family == "cnn_digits":
             precision = "bf16"  # fp16 convolutions on the CPU are ~20x slower than fp32
         if precision != "fp32":
             config["precision"] = precision
-        specs.append(RunSpec(i, workload, args, config, int(rng.integers(1000))))
+        specs.append(RunSpec(i, family, args, config, int(rng.integers(1000))))
     return specs
 
 
 # ---------------------------------------------------------------------------- running
-def run_spec(spec: RunSpec) -> dict[str, Any]:
-    """Train one spec to completion (NullDetector: never stopped) and return its trace."""
+def _workload(spec: RunSpec) -> Any:
+    if spec.family in BUILTIN:
+        from stability.workloads import load_workload
+
+        return load_workload(spec.family, seed=spec.seed, **spec.args)
+    import _families
+
+    args = dict(spec.args)
+    if spec.family in ("teacher", "faulty_mlp"):
+        args["steps"] = spec.steps
+    return _families.build(spec.family, spec.seed, **args)
+
+
+def run_spec(job: tuple[RunSpec, str]) -> dict[str, Any]:
+    """Train one spec: ``free`` (no detector, to its end: the label) or ``skip`` (on_spike:
+    skip with its default detector, stopped at the verdict)."""
     import torch
 
     from stability.trainer import train
 
+    spec, mode = job
     torch.set_num_threads(1)
     start = time.perf_counter()
-    result = train(spec.workload, spec.config, steps=spec.steps, detector=NullDetector(),
-                   seed=spec.seed, workload_args=spec.workload_args)
-    # plain data only: the cache must load whether this file runs as a script or a module
-    return {"spec": asdict(spec), "trace": result.trace,
+    if mode == "free":
+        config = {**spec.config, "on_spike": "stop"}
+        detector: Any = NullDetector()
+    else:
+        config = {**spec.config, "on_spike": "skip"}
+        detector = None  # the guard's default for the config: default_detector(on_spike=skip)
+    result = train(_workload(spec), config, steps=spec.steps, detector=detector,
+                   seed=spec.seed)
+    verdict = result.verdict
+    return {"spec": asdict(spec), "mode": mode, "trace": result.trace,
+            "verdict": None if verdict is None else (verdict.step, verdict.kind),
+            "eval": result.final_eval.get("eval_loss", math.nan),
             "seconds": time.perf_counter() - start}
 
 
-def spec_key(spec: RunSpec) -> str:
-    text = json.dumps(asdict(spec), sort_keys=True) + f"v{CORPUS_VERSION}"
+def spec_key(spec: RunSpec, mode: str) -> str:
+    text = json.dumps(asdict(spec), sort_keys=True) + f"v{CORPUS_VERSION}/{mode}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def code_fingerprint() -> str:
-    """A hash of everything that shapes a recorded trace: torch's version and the sources of
-    ``stability/`` but the detectors, the diagnosis and the plots (they only read traces)."""
+def code_fingerprint(mode: str) -> str:
+    """What shapes a recorded run: torch, ``stability/`` and the families. The free runs do
+    not depend on the detectors (NullDetector); the skip runs do."""
     import torch
 
-    digest = hashlib.sha256(torch.__version__.encode())
+    digest = hashlib.sha256(torch.__version__.encode() + mode.encode())
     package = ROOT / "stability"
     for path in sorted(package.rglob("*.py")):
         rel = path.relative_to(package).as_posix()
-        if rel.startswith("detectors/") or rel in ("diagnose.py", "plots.py"):
+        if mode == "free" and (rel.startswith("detectors/")
+                               or rel in ("diagnose.py", "plots.py")):
             continue
         digest.update(rel.encode() + path.read_bytes())
+    digest.update((ROOT / "benchmarks" / "_families.py").read_bytes())
     return digest.hexdigest()[:12]
 
 
-def load_corpus(specs: Sequence[RunSpec], *, refresh: bool, workers: int
-                ) -> list[dict[str, Any]]:
-    """The recorded runs of ``specs``: from the cache, else trained now and added to it.
-
-    The cache maps each spec's hash to its run, so ``--quick`` (the first 40 specs of the same
-    seeded list) reuses a full corpus and a changed spec is re-run alone. Its file is named by
-    :func:`code_fingerprint`: editing the guard, a workload or the clipping re-runs it all.
-    """
-    fingerprint = code_fingerprint()
-    path = cache_dir() / f"detection-corpus-{fingerprint}.pkl"
+def load_runs(specs: Sequence[RunSpec], mode: str, *, refresh: bool, workers: int
+              ) -> list[dict[str, Any]]:
+    """The recorded runs of ``specs`` in ``mode``: cached, else trained now and cached."""
+    path = cache_dir() / f"detection-{mode}-{code_fingerprint(mode)}.pkl"
     cached: dict[str, dict[str, Any]] = {}
     if path.exists():
         with path.open("rb") as fh:
             cached = pickle.load(fh)
-    elif any(cache_dir().glob("detection-corpus-*.pkl")):
-        print("corpus: stability/ or torch changed since the cached traces: re-training")
-    keys = [spec_key(s) for s in specs]
+    keys = [spec_key(s, mode) for s in specs]
     todo = [s for s, k in zip(specs, keys, strict=True) if refresh or k not in cached]
     if todo:
-        print(f"corpus: training {len(todo)} of {len(specs)} runs with {workers} worker(s)"
-              " ...", flush=True)
+        print(f"corpus ({mode}): training {len(todo)} of {len(specs)} runs with {workers} "
+              "worker(s) ...", flush=True)
         start = time.perf_counter()
+        jobs = [(s, mode) for s in todo]
         if workers > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                for k, run in enumerate(pool.map(run_spec, todo, chunksize=2), 1):
-                    cached[spec_key(RunSpec(**run["spec"]))] = run
+                results = pool.map(run_spec, jobs, chunksize=2)
+                for k, run in enumerate(results, 1):
+                    cached[spec_key(RunSpec(**run["spec"]), mode)] = run
                     _progress(k, len(todo), start)
         else:
-            for k, spec in enumerate(todo, 1):
-                cached[spec_key(spec)] = run_spec(spec)
+            for k, job in enumerate(jobs, 1):
+                cached[spec_key(job[0], mode)] = run_spec(job)
                 _progress(k, len(todo), start)
         tmp = path.with_suffix(".tmp")
         with tmp.open("wb") as fh:
             pickle.dump(cached, fh, protocol=pickle.HIGHEST_PROTOCOL)
         tmp.replace(path)
-        for stale in cache_dir().glob("detection-corpus-*.pkl"):
+        for stale in cache_dir().glob(f"detection-{mode}-*.pkl"):
             if stale != path:
                 stale.unlink()
-        print(f"corpus: {len(todo)} runs trained in {time.perf_counter() - start:.0f} s, "
-              f"cached in {path}")
+        print(f"corpus ({mode}): {len(todo)} runs in {time.perf_counter() - start:.0f} s")
     else:
-        print(f"corpus: {len(specs)} runs from the cache {path} (--refresh to re-run)")
+        print(f"corpus ({mode}): {len(specs)} runs from the cache {path.name}")
     return [cached[k] for k in keys]
 
 
 def _progress(k: int, n: int, start: float) -> None:
-    if k % 20 == 0 or k == n:
+    if k % 50 == 0 or k == n:
         print(f"  {k}/{n} runs, {time.perf_counter() - start:.0f} s", flush=True)
 
 
 # ---------------------------------------------------------------------------- labels
+OUTCOMES = ("exploded", "setback", "recovered", "healthy")
+
+
+def outcome_of(loss: np.ndarray) -> tuple[str, int | None, int | None]:
+    """(label, first non-finite step, blow-up step) of a run from its loss alone."""
+    nonfinite = ~np.isfinite(loss)
+    with np.errstate(invalid="ignore"):
+        blown = nonfinite | (loss > EXPLODE_FACTOR * abs(loss[0]))
+    first_nonfinite = int(np.argmax(nonfinite)) if nonfinite.any() else None
+    if blown.any():
+        return "exploded", first_nonfinite, int(np.argmax(blown))
+    smooth = _rolling_median(loss, 9)
+    best_before = np.minimum.accumulate(smooth)
+    rose = smooth > 2.0 * best_before
+    if not rose.any():
+        return "healthy", None, None
+    first_rise = int(np.argmax(rose))
+    best = best_before[first_rise]
+    end = float(np.median(loss[-20:]))
+    return ("setback" if end > 2.0 * best else "recovered"), None, None
+
+
+def _rolling_median(x: np.ndarray, w: int) -> np.ndarray:
+    pad = np.concatenate([np.full(w - 1, x[0]), x])
+    windows = np.lib.stride_tricks.sliding_window_view(pad, w)
+    return np.median(windows, axis=1)
+
+
 @dataclass
 class Run:
-    """A recorded run, its label and its records (built once, replayed many times)."""
+    """A labelled run (its free trace) and what the skip policy did with the same config."""
 
     spec: RunSpec
     records: list[StepRecord]
-    exploded: bool
+    label: str
     nonfinite_step: int | None
-    """first step whose loss is inf or NaN."""
     blowup_step: int | None
-    """first step whose loss is non-finite or above 10x the step-0 loss (the label's event)."""
+    skip_verdict: tuple[int, str] | None = None
+    skip_label: str = ""
+    """the label of the skip-policy run's own loss, when it was not stopped."""
     seconds: float = 0.0
+    loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
-def label(run: dict[str, Any]) -> Run:
-    trace = run["trace"]
-    loss = trace["loss"].to_numpy(np.float64)
-    initial = loss[0]
-    nonfinite = ~np.isfinite(loss)
-    with np.errstate(invalid="ignore"):
-        blown = nonfinite | (loss > EXPLODE_FACTOR * abs(initial))
-    first_nonfinite = int(np.argmax(nonfinite)) if nonfinite.any() else None
-    first_blown = int(np.argmax(blown)) if blown.any() else None
-    return Run(RunSpec(**run["spec"]), records_from_trace(trace), first_blown is not None,
-               first_nonfinite, first_blown, run.get("seconds", 0.0))
+def make_run(free: dict[str, Any], skip: dict[str, Any] | None) -> Run:
+    loss = free["trace"]["loss"].to_numpy(np.float64)
+    label, nonfinite, blowup = outcome_of(loss)
+    run = Run(RunSpec(**free["spec"]), records_from_trace(free["trace"]), label, nonfinite,
+              blowup, seconds=free["seconds"], loss=loss)
+    if skip is not None:
+        run.skip_verdict = skip["verdict"]
+        if skip["verdict"] is None:
+            run.skip_label = outcome_of(skip["trace"]["loss"].to_numpy(np.float64))[0]
+    return run
 
 
 # ---------------------------------------------------------------------------- scoring
-Make = Callable[[], Detector]
+Verdicts = list[tuple[int, str] | None]
 
 
-def first_verdicts(make: Make, runs: Sequence[Run]) -> list[tuple[int, str] | None]:
+def first_verdicts(make: Callable[[], Any], runs: Sequence[Run]) -> Verdicts:
     """(step, kind) of the first verdict of a fresh detector on each run, or None."""
-    out: list[tuple[int, str] | None] = []
+    out: Verdicts = []
     for run in runs:
         detector = make()
         found = None
@@ -250,15 +325,12 @@ def first_verdicts(make: Make, runs: Sequence[Run]) -> list[tuple[int, str] | No
     return out
 
 
-def combine(per_kind: dict[str, list[tuple[int, str] | None]]) -> list[tuple[int, str] | None]:
-    """The composite's first verdict from each member's own first verdict.
-
-    Every member observes every step and keeps its own state, so the composite fires at the
-    earliest member verdict; on a tie the member listed first wins.
-    """
+def combine(per_kind: dict[str, Verdicts]) -> Verdicts:
+    """The composite's first verdict from each member's own first verdict (members observe
+    every step independently; the earliest wins, ties go to the member listed first)."""
     kinds = list(per_kind)
     n = len(per_kind[kinds[0]]) if kinds else 0
-    out: list[tuple[int, str] | None] = []
+    out: Verdicts = []
     for i in range(n):
         hits = [v for k in kinds if (v := per_kind[k][i]) is not None]
         out.append(min(hits, key=lambda v: v[0]) if hits else None)
@@ -267,63 +339,81 @@ def combine(per_kind: dict[str, list[tuple[int, str] | None]]) -> list[tuple[int
 
 @dataclass
 class Metrics:
-    exploded: int
-    healthy: int
-    flagged: int
-    """exploded runs with a verdict (recall numerator)."""
-    false_flags: int
-    to_nonfinite: int
-    """exploded runs whose loss turns non-finite."""
-    before_nonfinite: int
-    """... of which flagged at least one step before the first non-finite loss."""
-    at_blowup: int
-    """exploded runs flagged at or before the label's event (non-finite or > 10x loss)."""
-    lead_nonfinite: list[int]
-    lead_blowup: list[int]
+    exploded: int = 0
+    setbacks: int = 0
+    fine: int = 0
+    """recovered + healthy runs: a verdict on one is a false flag."""
+    flagged: int = 0
+    rescued: int = 0
+    """skip policy: exploded without intervention, not stopped, ended not exploded."""
+    caught_setbacks: int = 0
+    false_flags: int = 0
+    to_nonfinite: int = 0
+    before_nonfinite: int = 0
+    label_rule: int = 0
+    """verdicts on exploded runs at the label's own event (lead 0: the label's rule)."""
+    lead_nonfinite: list[int] = field(default_factory=list)
+    lead_blowup: list[int] = field(default_factory=list)
+    lead_blowup_other: list[int] = field(default_factory=list)
+    """leads before the blow-up of the verdicts that came before the label's event."""
 
     @property
     def recall(self) -> float:
-        return self.flagged / self.exploded if self.exploded else math.nan
+        return _share(self.flagged + self.rescued, self.exploded)
 
     @property
     def false_flag_rate(self) -> float:
-        return self.false_flags / self.healthy if self.healthy else math.nan
+        return _share(self.false_flags, self.fine)
 
     @property
     def before_share(self) -> float:
-        return self.before_nonfinite / self.to_nonfinite if self.to_nonfinite else math.nan
+        return _share(self.before_nonfinite, self.to_nonfinite)
 
     def row(self, name: str) -> list[Any]:
-        return [name, f"{self.exploded}/{self.healthy}", _pct(self.recall),
+        rescued = f" +{self.rescued} rescued" if self.rescued else ""
+        return [name, f"{self.exploded}/{self.setbacks}/{self.fine}",
+                f"{_pct(self.recall)}{rescued}",
+                f"{self.caught_setbacks}/{self.setbacks}",
                 f"{_pct(self.false_flag_rate)} ({self.false_flags})",
                 f"{_pct(self.before_share)} ({self.before_nonfinite}/{self.to_nonfinite})",
-                _med(self.lead_nonfinite), _pct(_share(self.at_blowup, self.exploded)),
-                _med(self.lead_blowup)]
+                _med(self.lead_nonfinite), _med(self.lead_blowup),
+                f"{self.label_rule}/{self.flagged}", _med(self.lead_blowup_other)]
 
 
-HEADERS = ["", "expl/healthy", "recall", "false flags", "flagged >=1 step before NaN",
-           "lead to NaN (median)", "flagged by blow-up", "lead to blow-up (median)"]
+HEADERS = ["", "expl/setback/fine", "recall", "setbacks caught", "false flags",
+           ">=1 step before NaN", "lead to NaN", "lead to blow-up",
+           "at the label's event", "lead, other rules"]
 
 
-def metrics(runs: Sequence[Run], verdicts: Sequence[tuple[int, str] | None]) -> Metrics:
-    m = Metrics(0, 0, 0, 0, 0, 0, 0, [], [])
+def metrics(runs: Sequence[Run], verdicts: Sequence[tuple[int, str] | None],
+            skip: bool = False) -> Metrics:
+    m = Metrics()
     for run, verdict in zip(runs, verdicts, strict=True):
-        if not run.exploded:
-            m.healthy += 1
+        if run.label in ("recovered", "healthy"):
+            m.fine += 1
             m.false_flags += verdict is not None
+            continue
+        if run.label == "setback":
+            m.setbacks += 1
+            m.caught_setbacks += verdict is not None
             continue
         m.exploded += 1
         step = verdict[0] if verdict is not None else None
-        m.flagged += step is not None
+        if step is None:
+            m.rescued += skip and run.skip_label not in ("exploded", "")
+            continue
+        m.flagged += 1
         if run.nonfinite_step is not None:
             m.to_nonfinite += 1
-            if step is not None and step < run.nonfinite_step:
-                m.before_nonfinite += 1
-            if step is not None:
-                m.lead_nonfinite.append(run.nonfinite_step - step)
-        if step is not None and run.blowup_step is not None:
-            m.at_blowup += step <= run.blowup_step
-            m.lead_blowup.append(run.blowup_step - step)
+            m.before_nonfinite += step < run.nonfinite_step
+            m.lead_nonfinite.append(run.nonfinite_step - step)
+        assert run.blowup_step is not None
+        lead = run.blowup_step - step
+        m.lead_blowup.append(lead)
+        if lead > 0:
+            m.lead_blowup_other.append(lead)
+        else:
+            m.label_rule += 1
     return m
 
 
@@ -341,23 +431,18 @@ def _med(values: list[int]) -> str:
 
 # ---------------------------------------------------------------------------- tuning
 GRID: dict[str, dict[str, Sequence[Any]]] = {
-    "nonfinite": {"max_overflow_streak": (6, 12, 24)},
-    "ceiling": {"max_norm": (1e3, 3e3, 1e4, 3e4, 1e5)},
-    "spike": {"z_threshold": (4.0, 6.0, 8.0), "patience": (1, 2, 3, 5),
-              "min_ratio": (2.0, 5.0, 10.0), "warmup": (10, 25)},
-    "median_ratio": {"ratio": (5.0, 10.0, 20.0, 50.0), "patience": (1, 2, 3, 5),
-                     "warmup": (8, 16, 32)},
-    "growth": {"min_slope": (0.1, 0.2, 0.3), "min_ratio": (5.0, 10.0, 20.0, 30.0, 50.0),
-               "patience": (2, 3, 5), "warmup": (16, 32), "window": (10, 20)},
-    "loss_divergence": {"initial_factor": (5.0, 10.0, None), "patience": (1, 2, 3, 5),
-                        "smoothing": (0.9, 0.98), "warmup": (0, 50)},
+    "ceiling": {"ratio": (1e2, 1e3, 1e4, 1e5)},
+    "spike": {"z_threshold": (4.0, 6.0, 8.0), "patience": (3, 5), "min_ratio": (2.0, 5.0)},
+    "median_ratio": {"ratio": (10.0, 20.0, 50.0), "patience": (3, 5)},
+    "growth": {"min_ratio": (10.0, 30.0, 100.0), "min_slope": (0.1, 0.2)},
+    "loss_divergence": {"regress": (0.5, 1.0), "patience": (3, 5),
+                        "initial_factor": (10.0, None)},
 }
-"""Settings searched per detector (``--tune``); the others keep their defaults."""
+"""Settings searched per member of the stop composite; the others keep their defaults."""
 MAX_FALSE_FLAG_RATE = 0.01
 
 
 def defaults_of(kind: str) -> dict[str, Any]:
-    """The constructor defaults of one member of the default composite."""
     import inspect
 
     params = inspect.signature(DEFAULT_DETECTORS[kind]).parameters
@@ -365,275 +450,178 @@ def defaults_of(kind: str) -> dict[str, Any]:
 
 
 def grid_points(kind: str) -> list[dict[str, Any]]:
-    keys = list(GRID[kind])
-    points = [{}]
-    for key in keys:
-        points = [{**p, key: v} for p in points for v in GRID[kind][key]]
+    points: list[dict[str, Any]] = [{}]
+    for key, values in GRID.get(kind, {}).items():
+        points = [{**p, key: v} for p in points for v in values]
     return [{**defaults_of(kind), **p} for p in points]
 
 
-def objective(m: Metrics, is_default: bool) -> tuple[float, ...]:
-    """Lexicographic, larger is better: within the false-flag budget, then recall, then the
-    share flagged before NaN, then fewer false flags, then the lead; ties keep the default."""
-    within = m.false_flag_rate <= MAX_FALSE_FLAG_RATE
-    lead = median(m.lead_nonfinite) if m.lead_nonfinite else 0.0
-    return (within, round(m.recall, 6), round(m.before_share, 6), -m.false_flags,
-            _share(m.at_blowup, m.exploded), lead, is_default)
+class Tuner:
+    """Coordinate search over GRID; each member's verdicts are replayed once over every run
+    and cached, so a fold (a subset of runs) is scored by indexing."""
 
+    def __init__(self, runs: Sequence[Run]) -> None:
+        self.runs = runs
+        self._cache: dict[tuple[str, str], Verdicts] = {}
 
-def tune(runs: Sequence[Run], rounds: int = 2) -> dict[str, dict[str, Any]]:
-    """Coordinate search over GRID: each detector in turn takes the setting that maximises
-    the composite's objective with the others held fixed; ``rounds`` passes."""
-    chosen = {kind: defaults_of(kind) for kind in DEFAULT_DETECTORS}
-    cache: dict[tuple[str, str], list[tuple[int, str] | None]] = {}
-
-    def verdicts(kind: str, params: dict[str, Any]) -> list[tuple[int, str] | None]:
+    def verdicts(self, kind: str, params: dict[str, Any]) -> Verdicts:
         key = (kind, json.dumps(params, sort_keys=True))
-        if key not in cache:
+        if key not in self._cache:
             cls = DEFAULT_DETECTORS[kind]
-            cache[key] = first_verdicts(lambda: cls(**params), runs)
-        return cache[key]
+            self._cache[key] = first_verdicts(lambda: cls(**params), self.runs)
+        return self._cache[key]
 
-    for _ in range(rounds):
-        for kind in DEFAULT_DETECTORS:
-            best: tuple[tuple[float, ...], dict[str, Any]] | None = None
-            for params in grid_points(kind):
-                per_kind = {k: verdicts(k, params if k == kind else chosen[k])
-                            for k in DEFAULT_DETECTORS}
-                score = objective(metrics(runs, combine(per_kind)),
-                                  params == defaults_of(kind))
-                if best is None or score > best[0]:
-                    best = (score, params)
-            assert best is not None
-            chosen[kind] = best[1]
-    return chosen
+    def composite(self, chosen: dict[str, dict[str, Any]], idx: Sequence[int]) -> Verdicts:
+        per_kind = {k: [self.verdicts(k, chosen[k])[i] for i in idx] for k in DEFAULT_DETECTORS}
+        return combine(per_kind)
+
+    def tune(self, idx: Sequence[int], rounds: int = 2) -> dict[str, dict[str, Any]]:
+        runs = [self.runs[i] for i in idx]
+        chosen = {kind: defaults_of(kind) for kind in DEFAULT_DETECTORS}
+        for _ in range(rounds):
+            for kind in GRID:
+                best: tuple[tuple[float, ...], dict[str, Any]] | None = None
+                for params in grid_points(kind):
+                    trial = {**chosen, kind: params}
+                    score = objective(metrics(runs, self.composite(trial, idx)),
+                                      params == defaults_of(kind))
+                    if best is None or score > best[0]:
+                        best = (score, params)
+                assert best is not None
+                chosen[kind] = best[1]
+        return chosen
+
+
+def objective(m: Metrics, is_default: bool) -> tuple[Any, ...]:
+    """Lexicographic, larger is better: within the false-flag budget, recall, the share
+    flagged before NaN, fewer false flags, the lead before the blow-up; ties keep the
+    default."""
+    within = m.false_flag_rate <= MAX_FALSE_FLAG_RATE
+    lead = median(m.lead_blowup) if m.lead_blowup else 0.0
+    return (within, round(m.recall, 6), round(_nz(m.before_share), 6), -m.false_flags,
+            lead, is_default)
+
+
+def _nz(x: float) -> float:
+    return 0.0 if x != x else x
+
+
+def _changes(chosen: dict[str, dict[str, Any]]) -> str:
+    out = []
+    for kind, params in chosen.items():
+        old = defaults_of(kind)
+        out += [f"{kind}.{a}={v}" for a, v in params.items() if v != old[a]]
+    return ", ".join(out) or "shipped defaults kept"
 
 
 # ---------------------------------------------------------------------------- report
-DECISIONS: list[tuple[str, dict[str, Any], str]] = [
-    ("previous defaults", {"growth.min_ratio": 5.0, "median_ratio.warmup": 16,
-                           "loss_divergence": {"warmup": 50, "smoothing": 0.9,
-                                               "initial_factor": None}},
-     "tuned on synthetic traces only (but with today's fp16 NaN-loss rule)"),
-    ("loss: no from-start rule", {"loss_divergence.initial_factor": None},
-     "the early flags come from the loss passing 10x its start"),
-    ("loss: initial_factor 5", {"loss_divergence.initial_factor": 5.0},
-     "5x the start is a normal bad batch early on"),
-    ("loss: patience 1", {"loss_divergence.patience": 1},
-     "losses trained towards 0 put single batches at 10x the best"),
-    ("loss: smoothing 0.9", {"loss_divergence.smoothing": 0.9},
-     "a fast EMA dips with lucky batches: the best is too low"),
-    ("growth: min_ratio 5", {"growth.min_ratio": 5.0},
-     "norms rise 5-10x as the lr warms up or a small init grows"),
-    ("growth: min_ratio 10", {"growth.min_ratio": 10.0}, ""),
-    ("growth: min_ratio 20", {"growth.min_ratio": 20.0}, "still at the edge"),
-    ("median_ratio: warmup 16", {"median_ratio.warmup": 16},
-     "a small init moves the norm by orders of magnitude early on"),
-    ("ceiling: 1e3", {"ceiling.max_norm": 1e3},
-     "one more early flag here, but an absolute norm does not transfer to big models"),
-    ("spike: z 3", {"spike.z_threshold": 3.0}, "noisy healthy norms reach z 3"),
-    ("no spike/median/growth", {"spike": None, "median_ratio": None, "growth": None},
-     "what the norm-statistics detectors add"),
-    ("no loss_divergence", {"loss_divergence": None},
-     "gradient-side detectors and non-finite checks alone"),
-]
-"""Alternatives to the chosen defaults, each scored as a whole composite: the 'why'."""
-
-
-def _subset(runs: Sequence[Run], verdicts: Sequence[tuple[int, str] | None],
-            keep: Callable[[Run], bool]) -> Metrics:
-    idx = [i for i, r in enumerate(runs) if keep(r)]
-    return metrics([runs[i] for i in idx], [verdicts[i] for i in idx])
-
-
-def report(runs: Sequence[Run], verdicts: Sequence[tuple[int, str] | None]) -> Metrics:
-    overall = metrics(runs, verdicts)
-    rows = [overall.row("all runs")]
-    for workload in WORKLOADS:
-        rows.append(_subset(runs, verdicts, lambda r, w=workload: r.spec.workload == w
-                            ).row(workload))
-    rows.append(_subset(runs, verdicts, lambda r: not r.exploded or (r.blowup_step or 0) > 5
-                        ).row("blow-up after step 5"))
-    rows.append(_subset(runs, verdicts, lambda r: not r.exploded or (r.blowup_step or 0) <= 5
-                        ).row("blow-up by step 5"))
-    rows.append(metrics(half(runs, 0), _half(runs, verdicts, 0)).row("tuning half"))
-    rows.append(metrics(half(runs, 1), _half(runs, verdicts, 1)).row("held-out half"))
-    print(table(HEADERS, rows))
-    return overall
-
-
-def half(runs: Sequence[Run], which: int) -> list[Run]:
-    """Half 0 (tuning) or 1 (held out): alternate blocks of four runs, one per workload."""
-    return [r for r in runs if (r.spec.run_id // len(WORKLOADS)) % 2 == which]
-
-
-def _half(runs: Sequence[Run], verdicts: Sequence[Any], which: int) -> list[Any]:
-    return [v for r, v in zip(runs, verdicts, strict=True)
-            if (r.spec.run_id // len(WORKLOADS)) % 2 == which]
-
-
-def report_kinds(runs: Sequence[Run], verdicts: Sequence[tuple[int, str] | None]) -> None:
-    """Each member of the default composite alone, and which member gave the verdict."""
-    won: dict[str, list[int]] = {}
-    for run, verdict in zip(runs, verdicts, strict=True):
-        if verdict is not None:
-            kind = "nonfinite" if verdict[1] == "overflow_streak" else verdict[1]
-            won.setdefault(kind, [0, 0])[0 if run.exploded else 1] += 1
+def describe(runs: Sequence[Run]) -> None:
     rows = []
-    for kind, cls in DEFAULT_DETECTORS.items():
-        alone = metrics(runs, first_verdicts(cls, runs))
-        first = won.get(kind, [0, 0])
-        rows.append([*alone.row(kind)[:6], f"{first[0]} / {first[1]}"])
-    print(table([*HEADERS[:6], "composite verdicts (expl / healthy)"], rows))
+    for family in (*FAMILIES, None):
+        sub = [r for r in runs if family is None or r.spec.family == family]
+        counts = [sum(r.label == o for r in sub) for o in OUTCOMES]
+        norms = [r.global_norm for run in sub for r in run.records
+                 if math.isfinite(r.global_norm) and r.global_norm > 0]
+        rows.append([family or "all", len(sub), *counts,
+                     sum(r.nonfinite_step is not None for r in sub),
+                     f"{min(norms, default=math.nan):.2g}..{max(norms, default=math.nan):.2g}",
+                     f"{sum(r.seconds for r in sub):.0f}"])
+    print(table(["family", "runs", *OUTCOMES, "reach NaN/inf", "grad norms", "train s"], rows))
 
 
-def decisions(runs: Sequence[Run], chosen: Metrics) -> list[list[Any]]:
-    """[name, recall, false flags, flagged >=1 step before NaN, lead, why] per alternative."""
-    rows = [["chosen defaults", _pct(chosen.recall), chosen.false_flags,
-             f"{chosen.before_nonfinite}/{chosen.to_nonfinite}", _med(chosen.lead_nonfinite),
-             ""]]
-    for name, overrides, why in DECISIONS:
-        m = metrics(runs, first_verdicts(lambda o=overrides: default_detector(o), runs))
-        rows.append([name, _pct(m.recall), m.false_flags,
-                     f"{m.before_nonfinite}/{m.to_nonfinite}", _med(m.lead_nonfinite), why])
+def by_family(runs: Sequence[Run], verdicts: Verdicts, *, skip: bool = False,
+              families: Sequence[str] = FAMILIES) -> list[list[Any]]:
+    rows = []
+    for family in families:
+        idx = [i for i, r in enumerate(runs) if r.spec.family == family]
+        rows.append(metrics([runs[i] for i in idx], [verdicts[i] for i in idx], skip)
+                    .row(family))
     return rows
-
-
-DECISION_HEADERS = ["composite", "recall", "false flags", ">=1 step before NaN",
-                    "lead to NaN (median)", "why it matters"]
-
-
-def describe_corpus(runs: Sequence[Run]) -> None:
-    rows = []
-    for workload in (*WORKLOADS, None):
-        sub = [r for r in runs if workload is None or r.spec.workload == workload]
-        exploded = [r for r in sub if r.exploded]
-        rows.append([workload or "all", len(sub), len(exploded),
-                     sum(r.nonfinite_step is not None for r in exploded),
-                     sum((r.blowup_step or 0) <= 5 for r in exploded),
-                     f"{max_healthy_norm(sub):.3g}", f"{sum(r.seconds for r in sub):.0f}"])
-    print(table(["workload", "runs", "exploded", "reach NaN/inf", "blow up by step 5",
-                 "max healthy norm", "train s"], rows))
-
-
-def max_healthy_norm(runs: Sequence[Run]) -> float:
-    """The largest finite global norm of any healthy run (fp16 skipped steps left out)."""
-    norms = [r.global_norm for run in runs if not run.exploded for r in run.records
-             if not r.overflow and math.isfinite(r.global_norm)]
-    return max(norms, default=math.nan)
-
-
-WHY = {
-    "nonfinite": "a NaN/inf loss or gradient is always an explosion; an fp16 step the scaler "
-                 "skipped is only counted, unless its loss itself is non-finite (the forward "
-                 "overflowed: no loss scale undoes that); 12 overflows in a row mean the scale "
-                 "cannot recover.",
-    "ceiling": "an absolute backstop that needs no warm-up, ~50x the largest norm of any "
-               "healthy run here ({max_norm:.3g}); lower would flag these small models "
-               "earlier, but an absolute norm does not transfer to large ones.",
-    "spike": "unchanged: z 4 over the EMA of the log-norm, 3 steps in a row, at least 2x; no "
-             "false flags, rarely first (these explosions outrun its patience).",
-    "median_ratio": "warm-up 16 -> 32: a small init moves the norm by orders of magnitude in "
-                    "the first ~30 steps; the ceiling and the loss rule cover that phase.",
-    "growth": "min_ratio 5 -> 30: healthy norms rise 5-20x above their floor while the lr "
-              "warms up, a small init grows or Adam runs hot; 30x the floor with x1.1/step "
-              "growth is not healthy.",
-    "loss_divergence": "new rule *from the start*: a loss 10x its first value flags at once "
-                       "(the model is worse than at init; no warm-up needed). *From the "
-                       "best*: 10x the best EMA (0.98) for 3 steps, from step 0; patience 1 "
-                       "or a fast EMA false-flags runs whose loss trained towards 0.",
-}
-"""Why each default is what it is; the figures are in the alternatives table."""
-
-
-def readme_block(m: Metrics, runs: Sequence[Run], alternatives: list[list[Any]]) -> str:
-    lines = [
-        "### Detector defaults and why",
-        "",
-        f"Measured by `python benchmarks/detection_quality.py`: {len(runs)} seeded CPU runs "
-        "of the four built-in workloads at small sizes (lr from stable to explosive; sgd, "
-        "sgd_nesterov, adam; norm clipping or none; warm-up or none; fp32, bf16, fp16; five "
-        f"init schemes), {STEPS} steps each, never stopped, then the detectors replayed over "
-        "the recorded traces. A run is *exploded* when its loss turns non-finite or exceeds "
-        f"10x its step-0 value: {m.exploded} exploded, {m.healthy} healthy.",
-        "",
-        f"- recall {_pct(m.recall)}; false flags {_pct(m.false_flag_rate)} "
-        f"({m.false_flags} of {m.healthy} healthy runs)",
-        f"- {_pct(m.before_share)} of the runs that reach NaN/inf are flagged at least one "
-        f"step before ({m.before_nonfinite} of {m.to_nonfinite}); median lead "
-        f"{_med(m.lead_nonfinite)} steps",
-        "- the loss rule *10x the first loss* is the label itself, so recall is partly by "
-        "construction; its value is timing (the loss crosses 10x steps before it turns NaN)",
-        "",
-        "| detector | defaults | why |",
-        "|---|---|---|",
-    ]
-    for kind in DEFAULT_DETECTORS:
-        args = ", ".join(f"{a}={v:g}" if isinstance(v, float) else f"{a}={v}"
-                         for a, v in defaults_of(kind).items())
-        why = WHY[kind].format(max_norm=max_healthy_norm(runs))
-        lines.append(f"| `{kind}` | {args} | {why} |")
-    lines += ["", "One change at a time, the whole composite rescored on the corpus:", "",
-              "| composite | recall | false flags | flagged >=1 step before NaN |",
-              "|---|---|---|---|"]
-    lines += [f"| {name} | {recall} | {ff} | {before} |"
-              for name, recall, ff, before, _lead, _why in alternatives]
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="40 runs: a smoke test")
-    parser.add_argument("--runs", type=int, default=320, help="corpus size (default 320)")
+    parser.add_argument("--quick", action="store_true", help="6 runs per family: a smoke test")
+    parser.add_argument("--per-family", type=int, default=50, help="runs per family (50)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the config list")
     parser.add_argument("--refresh", action="store_true", help="re-run, ignore the cache")
-    parser.add_argument("--tune", action="store_true",
-                        help="coordinate search of GRID on the tuning half")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                        help="training processes (default: 2, or 1 on one core)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
-    n = 40 if args.quick else args.runs
-    if n < 1 or args.workers < 1:
-        parser.error(f"--runs and --workers must be >= 1; got {n} and {args.workers}.")
-    specs = make_corpus(n, args.seed)
-    runs = [label(r) for r in load_corpus(specs, refresh=args.refresh, workers=args.workers)]
-    print()
-    describe_corpus(runs)
+    per_family = 6 if args.quick else args.per_family
+    if per_family < 1 or args.workers < 1:
+        parser.error("--per-family and --workers must be >= 1")
+    start = time.perf_counter()
+    specs = make_corpus(per_family, args.seed)
+    free = load_runs(specs, "free", refresh=args.refresh, workers=args.workers)
+    skip = load_runs(specs, "skip", refresh=args.refresh, workers=args.workers)
+    runs = [make_run(f, s) for f, s in zip(free, skip, strict=True)]
+    print(f"\n{len(runs)} runs, {STEPS} steps each; labels from each run's own loss, trained "
+          "to its end with no detector:")
+    describe(runs)
 
-    print("\nDefault composite (default_detector()) replayed over every trace:")
-    verdicts = first_verdicts(default_detector, runs)
-    overall = report(runs, verdicts)
-    for run, verdict in zip(runs, verdicts, strict=True):
-        if run.exploded != (verdict is not None):
-            what = (f"false flag ({verdict[1]} at step {verdict[0]})" if verdict else
-                    f"missed (blow-up at step {run.blowup_step})")
-            print(f"  {what}: run {run.spec.run_id} {run.spec.workload} {run.spec.config}")
-    print("\nEach detector alone (its own defaults), and which one gave the composite verdict:")
-    report_kinds(runs, verdicts)
-    print("\nThe chosen defaults against alternatives (whole composite, one change each):")
-    alternatives = decisions(runs, overall)
-    print(table(DECISION_HEADERS, alternatives, left=(0, 5)))
+    # ---- on_spike: stop, shipped defaults (replayed)
+    shipped = first_verdicts(lambda: default_detector(on_spike="stop"), runs)
+    everything = range(len(runs))
+    # ---- leave one family out
+    tuner = Tuner(runs)
+    held_out: Verdicts = [None] * len(runs)
+    print("\nLeave-one-family-out tuning of the stop policy (tuned on 8 families, scored on "
+          "the 9th):")
+    for family in FAMILIES:
+        train_idx = [i for i in everything if runs[i].spec.family != family]
+        test_idx = [i for i in everything if runs[i].spec.family == family]
+        chosen = tuner.tune(train_idx)
+        for i, v in zip(test_idx, tuner.composite(chosen, test_idx), strict=True):
+            held_out[i] = v
+        print(f"  without {family}: {_changes(chosen)}")
+    builtin_idx = [i for i in everything if runs[i].spec.family in BUILTIN]
+    new_idx = [i for i in everything if runs[i].spec.family in NEW]
+    on_builtins = tuner.tune(builtin_idx)
+    print(f"  on the built-ins only: {_changes(on_builtins)}")
+    builtin_tuned = tuner.composite(on_builtins, new_idx)
+    all_tuned = tuner.tune(list(everything))
+    print(f"  on all nine (the tuned split): {_changes(all_tuned)}")
+    skip_verdicts: Verdicts = [r.skip_verdict for r in runs]
 
-    if args.tune:
-        start = time.perf_counter()
-        tuned = tune(half(runs, 0))
-        print(f"\n--tune: coordinate search on the tuning half "
-              f"({time.perf_counter() - start:.0f} s):")
-        for kind in DEFAULT_DETECTORS:
-            old = defaults_of(kind)
-            changes = [f"{a} {old[a]} -> {v}" for a, v in tuned[kind].items() if v != old[a]]
-            print(f"  {kind}: {', '.join(changes) or 'defaults kept'}")
-        per_kind = {k: first_verdicts(lambda k=k: DEFAULT_DETECTORS[k](**tuned[k]), runs)
-                    for k in DEFAULT_DETECTORS}
-        report(runs, combine(per_kind))
+    def sub(idx: Sequence[int], v: Verdicts, skip_mode: bool = False) -> Metrics:
+        return metrics([runs[i] for i in idx], [v[i] for i in idx], skip_mode)
 
-    print("\nChosen defaults (the constructor defaults of each detector) and why:")
-    for kind in DEFAULT_DETECTORS:
-        print(f"  {kind}: " + ", ".join(f"{a}={v}" for a, v in defaults_of(kind).items()))
-        print(f"      {WHY[kind].format(max_norm=max_healthy_norm(runs))}")
-    print("\n" + "-" * 72 + "\n" + readme_block(overall, runs, alternatives) + "\n"
-          + "-" * 72)
+    print("\nSummary (exploded / setback / recovered+healthy runs; recall counts a run the "
+          "skip policy trained through to a good end as rescued):")
+    rows = [
+        sub(everything, held_out).row("stop, each family held out (unseen)"),
+        sub(everything, shipped).row("stop, shipped defaults (tuned split)"),
+        metrics([runs[i] for i in new_idx], builtin_tuned).row(
+            "stop, tuned on built-ins -> new families"),
+        sub(new_idx, shipped).row("stop, shipped defaults, new families"),
+        sub(everything, skip_verdicts, True).row("skip (untuned), all families"),
+        sub(new_idx, skip_verdicts, True).row("skip (untuned), new families"),
+    ]
+    print(table(HEADERS, rows))
+    print("\nstop policy, each family scored with thresholds tuned without it:")
+    print(table(HEADERS, by_family(runs, held_out)))
+    print("\nskip policy (live runs; its thresholds were never tuned on this corpus):")
+    print(table(HEADERS, by_family(runs, skip_verdicts, skip=True)))
+
+    kinds: dict[str, list[int]] = {}
+    for policy, verdicts in (("stop", shipped), ("skip", skip_verdicts)):
+        for run, v in zip(runs, verdicts, strict=True):
+            if v is not None:
+                kinds.setdefault(f"{policy}: {v[1]}", [0, 0, 0])[
+                    0 if run.label == "exploded" else 1 if run.label == "setback" else 2] += 1
+    print("\nWhich rule gave the verdict (exploded / setback / false flag):")
+    print(table(["policy: rule", "exploded", "setback", "false flag"],
+                [[k, *v] for k, v in sorted(kinds.items())]))
+
+    print("\nFalse flags of the skip policy and of the shipped stop policy:")
+    for policy, verdicts in (("stop", shipped), ("skip", skip_verdicts)):
+        for run, v in zip(runs, verdicts, strict=True):
+            if v is not None and run.label in ("recovered", "healthy"):
+                print(f"  {policy}: {v[1]} at step {v[0]} on a {run.label} run "
+                      f"{run.spec.run_id} {run.spec.family} {run.spec.args} "
+                      f"{run.spec.config}")
+    print(f"\nTotal {time.perf_counter() - start:.0f} s.")
     return 0
 
 
