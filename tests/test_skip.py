@@ -191,9 +191,9 @@ def test_skip_gate_decisions_are_unchanged_when_the_loss_is_scaled(traces) -> No
 
 
 def _records(loss: np.ndarray, norm: np.ndarray) -> list[StepRecord]:
-    return [StepRecord(step=i, loss=float(l), global_norm=float(n),
+    return [StepRecord(step=i, loss=float(v), global_norm=float(n),
                        layer_norms=np.array([n]), layer_names=("fc",))
-            for i, (l, n) in enumerate(zip(loss, norm, strict=True))]
+            for i, (v, n) in enumerate(zip(loss, norm, strict=True))]
 
 
 @pytest.mark.parametrize("on_spike", ["stop", "skip"])
