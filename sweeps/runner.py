@@ -249,6 +249,7 @@ class _Driver:
         self.spec, self.options, self.storage, self.emit = spec, options, storage, emit
         self.pool: Any = None
         self.ray_started = False
+        self.reaper: Any = None
         self.tracker: Any = None
         self.running: dict[Any, Running] = {}
         self.consecutive_failures = 0
@@ -292,8 +293,14 @@ class _Driver:
                                        "finished": self._finished_count()})
             return self._summary(start)
         self._open_tracking(study)
+        import ray
+
         from sweeps.workers import SweepResourceError, WorkerPool, init_ray
 
+        if not ray.is_initialized():  # the Ray we start dies with us, even on kill -9
+            from sweeps._reaper import start_reaper
+
+            self.reaper = start_reaper()
         try:
             workers, self.ray_started = init_ray(
                 self.options.ray_address, workers=self.options.workers,
@@ -618,6 +625,8 @@ class _Driver:
             import ray
 
             ray.shutdown()
+        if self.reaper is not None:  # stops what ray.shutdown left (its agents), then exits
+            self.reaper.close()
         self.storage.close()
 
 

@@ -161,6 +161,8 @@ def init_ray(address: str | None, *, workers: int | None, cpus_per_trial: float,
         fit = min(fit, int(gpus // gpus_per_trial + 1e-9))
     if workers is None:
         workers = max(1, fit)
+    if (workers < 1 or fit < 1 or workers > fit) and started:
+        ray.shutdown()  # the caller never learns it started Ray
     if workers < 1:
         raise SweepResourceError(f"--workers must be >= 1; got {workers}.")
     if fit < 1 or workers > fit:

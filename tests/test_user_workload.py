@@ -409,3 +409,117 @@ def test_compute_savings_claims_nothing_for_failed_trials():
     savings = compute_savings(df, 100)
     assert savings["steps_run"] == 142 and savings["steps_budget"] == 212
     assert savings["saved_by_outcome"] == {"exploded": 70}
+
+
+# ------------------------------------------------------------------ 5. nothing orphaned
+def _start_time(pid: int) -> str | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _wait_gone(pids: dict[int, str | None], timeout: float) -> dict[int, str | None]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    alive = dict(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {p: s for p, s in alive.items() if _start_time(p) == s}
+        time.sleep(0.1)
+    return alive
+
+
+FAKE_DRIVER = textwrap.dedent('''
+    import subprocess, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from sweeps._reaper import start_reaper
+
+    def spawn(title):
+        return subprocess.Popen(["bash", "-c", f"exec -a {title} sleep 300"]).pid
+
+    old = spawn("ray::Old")          # before the watchdog: not ours to stop
+    reaper = start_reaper()
+    time.sleep(0.5)
+    agent = spawn("ray::FakeAgent")  # what ray.init starts
+    other = subprocess.Popen(["sleep", "301"]).pid   # not a Ray process
+    time.sleep(2.5)                  # the watchdog has noted them
+    print(old, agent, other, reaper.pid, flush=True)
+    time.sleep(300)
+''')
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_kill_9_of_the_driver_leaves_no_ray_process_behind(tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    script = tmp_path / "driver.py"
+    script.write_text(FAKE_DRIVER)
+    repo = str(Path(__file__).resolve().parents[1])
+    driver = subprocess.Popen([sys.executable, str(script), repo], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    old = agent = other = watchdog = -1
+    try:
+        old, agent, other, watchdog = map(int, driver.stdout.readline().split())  # type: ignore[union-attr]
+        pids = {p: _start_time(p) for p in (old, agent, other, watchdog)}
+        assert all(pids.values()), pids
+        driver.kill()  # SIGKILL: no clean-up code of the driver runs
+        driver.wait(timeout=10)
+        assert _wait_gone({agent: pids[agent], watchdog: pids[watchdog]}, 15.0) == {}
+        assert _start_time(old) == pids[old] and _start_time(other) == pids[other]
+    finally:
+        driver.kill()
+        for pid in (old, agent, other):
+            if pid > 0 and _start_time(pid) is not None:
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_real_sweep_driver_kill_9_leaves_no_ray_process(tmp_path):
+    import os
+    import signal
+    import time
+
+    from tests.sweep_helpers import FIXTURE_MODULE, cli_popen
+
+    (tmp_path / "faulty_wl.py").write_text(FIXTURE_MODULE)
+    record = tmp_path / "rec"
+    record.mkdir()
+    data = small_spec(n_trials=4, workload={"name": "faulty_wl:make",
+                                            "args": {"delay": 0.05, "record": str(record)}})
+    data["space"]["lr"]["high"] = 0.01
+    write_spec(tmp_path / "s.yaml", data)
+    proc = cli_popen(tmp_path, "run", "s.yaml", "--workers", "1", "--no-tracking")
+    try:
+        deadline = time.monotonic() + 120
+        while not any(record.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert any(record.iterdir()), "no trial started"
+        time.sleep(2.0)  # the agents are up and the watchdog has noted them
+        ray_pids: dict[int, str | None] = {}
+        todo = [proc.pid]
+        while todo:  # the driver's descendants, from /proc
+            parent = todo.pop()
+            for entry in Path("/proc").iterdir():
+                if entry.name.isdigit():
+                    try:
+                        fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                    except OSError:
+                        continue
+                    if fields[1] == str(parent) and int(entry.name) not in ray_pids:
+                        ray_pids[int(entry.name)] = fields[19]
+                        todo.append(int(entry.name))
+        titles = {p: Path(f"/proc/{p}/cmdline").read_bytes()[:40] for p in ray_pids
+                  if _start_time(p)}
+        assert any(t.startswith(b"ray::DashboardAgent") for t in titles.values()), titles
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only, not its group
+        proc.wait(timeout=10)
+        survivors = _wait_gone(ray_pids, 20.0)
+        assert survivors == {}, {p: titles.get(p) for p in survivors}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
