@@ -139,6 +139,8 @@ def make_corpus(per_family: int, seed: int = 0) -> list[RunSpec]:
         precision = str(rng.choice(["fp32", "bf16", "fp16"], p=[0.6, 0.2, 0.2]))
         if precision == "fp16" and family == "cnn_digits":
             precision = "bf16"  # fp16 convolutions on the CPU are ~20x slower than fp32
+        if family == "gated_rnn" and args["cell"] == "lstm":
+            precision = "fp32"  # oneDNN has no reduced-precision LSTM on the CPU
         if precision != "fp32":
             config["precision"] = precision
         specs.append(RunSpec(i, family, args, config, int(rng.integers(1000))))
@@ -175,8 +177,11 @@ def run_spec(job: tuple[RunSpec, str]) -> dict[str, Any]:
     else:
         config = {**spec.config, "on_spike": "skip"}
         detector = None  # the guard's default for the config: default_detector(on_spike=skip)
-    result = train(_workload(spec), config, steps=spec.steps, detector=detector,
-                   seed=spec.seed)
+    try:
+        result = train(_workload(spec), config, steps=spec.steps, detector=detector,
+                       seed=spec.seed)
+    except Exception as exc:  # one broken config must not sink the corpus
+        return {"spec": asdict(spec), "mode": mode, "error": f"{type(exc).__name__}: {exc}"}
     verdict = result.verdict
     return {"spec": asdict(spec), "mode": mode, "trace": result.trace,
             "verdict": None if verdict is None else (verdict.step, verdict.kind),
@@ -221,20 +226,14 @@ def load_runs(specs: Sequence[RunSpec], mode: str, *, refresh: bool, workers: in
               "worker(s) ...", flush=True)
         start = time.perf_counter()
         jobs = [(s, mode) for s in todo]
-        if workers > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                results = pool.map(run_spec, jobs, chunksize=2)
-                for k, run in enumerate(results, 1):
-                    cached[spec_key(RunSpec(**run["spec"]), mode)] = run
-                    _progress(k, len(todo), start)
-        else:
-            for k, job in enumerate(jobs, 1):
-                cached[spec_key(job[0], mode)] = run_spec(job)
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = pool.map(run_spec, jobs, chunksize=2)
+            for k, run in enumerate(results, 1):
+                cached[spec_key(RunSpec(**run["spec"]), mode)] = run
                 _progress(k, len(todo), start)
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("wb") as fh:
-            pickle.dump(cached, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp.replace(path)
+                if k % 50 == 0:  # an interrupted corpus keeps what it trained
+                    _save(cached, path)
+        _save(cached, path)
         for stale in cache_dir().glob(f"detection-{mode}-*.pkl"):
             if stale != path:
                 stale.unlink()
@@ -242,6 +241,13 @@ def load_runs(specs: Sequence[RunSpec], mode: str, *, refresh: bool, workers: in
     else:
         print(f"corpus ({mode}): {len(specs)} runs from the cache {path.name}")
     return [cached[k] for k in keys]
+
+
+def _save(cached: dict[str, dict[str, Any]], path: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as fh:
+        pickle.dump(cached, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(path)
 
 
 def _progress(k: int, n: int, start: float) -> None:
@@ -555,7 +561,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     specs = make_corpus(per_family, args.seed)
     free = load_runs(specs, "free", refresh=args.refresh, workers=args.workers)
     skip = load_runs(specs, "skip", refresh=args.refresh, workers=args.workers)
-    runs = [make_run(f, s) for f, s in zip(free, skip, strict=True)]
+    broken = [f for f in (*free, *skip) if "error" in f]
+    for f in broken:
+        print(f"  left out, the run raised: {f['spec']['family']} {f['spec']['config']}: "
+              f"{f['error'][:120]}")
+    runs = [make_run(f, s) for f, s in zip(free, skip, strict=True)
+            if "error" not in f and "error" not in s]
     print(f"\n{len(runs)} runs, {STEPS} steps each; labels from each run's own loss, trained "
           "to its end with no detector:")
     describe(runs)
