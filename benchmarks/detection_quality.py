@@ -194,19 +194,23 @@ def spec_key(spec: RunSpec, mode: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+TRAINING_SOURCES = ("guard.py", "gate.py", "optim.py", "clipping.py", "precision.py",
+                    "init.py", "trainer.py", "config.py", "workloads/")
+"""The parts of ``stability/`` that shape a recorded run's numbers (not its names)."""
+
+
 def code_fingerprint(mode: str) -> str:
-    """What shapes a recorded run: torch, ``stability/`` and the families. The free runs do
-    not depend on the detectors (NullDetector); the skip runs do."""
+    """What shapes a recorded run: torch, the training code of ``stability/`` and the
+    families; the skip runs also depend on the detectors (they stop at the verdict)."""
     import torch
 
     digest = hashlib.sha256(torch.__version__.encode() + mode.encode())
     package = ROOT / "stability"
+    sources = (*TRAINING_SOURCES, "detectors/") if mode == "skip" else TRAINING_SOURCES
     for path in sorted(package.rglob("*.py")):
         rel = path.relative_to(package).as_posix()
-        if mode == "free" and (rel.startswith("detectors/")
-                               or rel in ("diagnose.py", "plots.py")):
-            continue
-        digest.update(rel.encode() + path.read_bytes())
+        if rel.startswith(sources):
+            digest.update(rel.encode() + path.read_bytes())
     digest.update((ROOT / "benchmarks" / "_families.py").read_bytes())
     return digest.hexdigest()[:12]
 

@@ -30,7 +30,8 @@ class SkipGate:
         alpha: EMA decay of the log-norm mean and variance.
         z_threshold: a spike is ``z_threshold`` standard deviations above the mean ...
         min_ratio: ... and at least this factor above ``exp(mean)``.
-        warmup: finite steps whose plain mean and variance seed the EMA; no spike before.
+        warmup: steps whose plain mean and variance (of the finite ones) seed the EMA; no
+            spike is skipped before.
     """
 
     def __init__(self, device: torch.device, *, spikes: bool, alpha: float = 0.97,
@@ -39,47 +40,35 @@ class SkipGate:
         self.alpha, self.z_threshold, self.warmup = alpha, z_threshold, warmup
         self._log_min_ratio = math.log(min_ratio)
         zero = torch.zeros((), device=device, dtype=torch.float64)
-        self._count = zero.clone()  # finite log-norms seen
+        self._count = zero.clone()  # finite log-norms seen during the warm-up
         self._mean = zero.clone()
-        self._m2 = zero.clone()  # Welford M2 during warm-up, EMA variance after
-        self._steps = 0  # host counter: steps seen (an upper bound of _count)
+        self._var = zero.clone()  # Welford M2 during the warm-up, the EMA variance after
+        self._steps = 0  # host counter: the phase is known without looking at the device
 
     def __call__(self, loss: Tensor, norm: Tensor, nonfinite: Tensor) -> Tensor:
         """A 0-d bool tensor: True when this step's update must not be applied."""
-        bad = ~torch.isfinite(loss.reshape(())) | ~torch.isfinite(norm) | (nonfinite > 0)
+        # inf/NaN in the loss or any gradient (the global norm carries it) poison the sum
+        bad = ~torch.isfinite(loss.reshape(()).double() + norm)
         if not self.spikes:
             return bad
         self._steps += 1
-        y = torch.log(norm.to(torch.float64).clamp_min(1e-300))
-        usable = ~bad
-        if self._steps <= self.warmup:  # no decision can be made before warmup finite steps
-            self._welford(y, usable)
+        y = torch.where(bad, self._mean, torch.log(norm.double().clamp_min(1e-300)))
+        if self._steps <= self.warmup:
+            # Welford over the finite steps; a non-finite one leaves y = mean: delta 0
+            self._count.add_(~bad)
+            delta = y - self._mean
+            self._mean.add_(delta / self._count.clamp_min(1.0))
+            self._var.addcmul_(delta, y - self._mean)
+            if self._steps == self.warmup:
+                self._var.div_(self._count.clamp_min(1.0))  # M2 -> the variance
             return bad
-        warm = self._count >= self.warmup
-        std = torch.sqrt(self._m2.clamp_min(0.0))  # the EMA variance once warm
-        limit = torch.maximum(self.z_threshold * std,
-                              torch.full_like(std, self._log_min_ratio))
-        spike = warm & usable & (y - self._mean > limit)
-        # Before the EMA takes over, keep accumulating the plain statistics.
-        self._welford(y, usable & ~warm)
-        self._ema(torch.where(spike, self._mean + limit, y), usable & warm)
-        return bad | spike
-
-    def _welford(self, y: Tensor, take: Tensor) -> None:
-        count = self._count + take.to(torch.float64)
-        delta = torch.where(take, y - self._mean, torch.zeros_like(y))
-        mean = self._mean + delta / count.clamp_min(1)
-        self._m2 = torch.where(
-            take & (count >= self.warmup),
-            # the last warm-up value: turn M2 into the variance the EMA starts from
-            (self._m2 + delta * (y - mean)) / count.clamp_min(1),
-            self._m2 + delta * torch.where(take, y - mean, torch.zeros_like(y)))
-        self._mean, self._count = mean, count
-
-    def _ema(self, y: Tensor, take: Tensor) -> None:
+        limit = (self._var.sqrt() * self.z_threshold).clamp_min(self._log_min_ratio)
+        dev = y - self._mean
+        spike = dev > limit
+        # the EMA takes a spike clamped to the limit (ZClip): a level shift is absorbed, an
+        # explosion keeps outrunning it
+        dev = torch.minimum(dev, limit)
         a = self.alpha
-        delta = y - self._mean
-        mean = self._mean + (1 - a) * delta
-        var = a * (self._m2 + (1 - a) * delta * delta)
-        self._mean = torch.where(take, mean, self._mean)
-        self._m2 = torch.where(take, var, self._m2)
+        self._mean.add_(dev, alpha=1.0 - a)
+        self._var.addcmul_(dev, dev, value=1.0 - a).mul_(a)
+        return bad | spike
