@@ -217,7 +217,8 @@ def ui(
 
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
-        console.print(f"the tracking store is a server already: open {uri}", highlight=False)
+        console.print("the tracking store is a server already.", highlight=False)
+        _print_study_urls(uri, uri)
         return
     # Installed before the server starts, so a SIGTERM during start-up still stops it.
     stop = threading.Event()
@@ -226,8 +227,8 @@ def ui(
         server = start_server(port=port, host=host, backend_store_uri=uri)
     except ServerStartError as exc:
         fail(str(exc))
-    console.print(f"MLflow UI: {server.url}/#/experiments?workflowType=machine_learning "
-                  "(Ctrl-C to stop)", highlight=False)
+    _print_study_urls(uri, server.url)
+    console.print("(Ctrl-C to stop)", highlight=False)
     try:
         while not stop.wait(1.0) and server.alive():
             pass
@@ -235,6 +236,26 @@ def ui(
         pass
     finally:
         server.stop()
+
+
+def _print_study_urls(uri: str, base_url: str) -> None:
+    """One URL per study (newest first): its trials in the UI's Model training mode."""
+    try:
+        from sweeps.tracking import study_urls
+
+        urls = study_urls(uri, base_url)
+    except Exception as exc:  # the UI still serves; say why there is no study link
+        urls = []
+        console.print(f"(could not list the studies: {type(exc).__name__}: {exc})",
+                      highlight=False)
+    if not urls:
+        console.print(f"MLflow UI: {base_url.rstrip('/')}/#/experiments?workflowType="
+                      "machine_learning (no stabsweep study in this store yet)",
+                      highlight=False)
+        return
+    console.print(f"MLflow UI on {base_url}; open a study's trials:", highlight=False)
+    for name, url in urls:
+        console.print(f"  {name}: {url}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -113,6 +113,13 @@ def settings_for(study: StudyTracker, run_id: str, layer_every: int = 10) -> Tra
     return settings
 
 
+@pytest.fixture(autouse=True)
+def inline_upload(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trials upload in-process when they finish (deterministic); the uploader process has
+    its own test."""
+    monkeypatch.setenv("STABSWEEP_TRACKING_UPLOAD", "inline")
+
+
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An initialised, empty MLflow SQLite file (creating the tables takes seconds)."""
@@ -176,11 +183,15 @@ def test_encoder_cadence_nonfinite_and_keys() -> None:
         by_key.setdefault(key, []).append((step, value))
     assert [s for s, _ in by_key["grad_norm/global"]] == list(range(25))
     assert [s for s, _ in by_key["loss"]] == list(range(25))
-    # Per-layer: every 10th step, every non-finite step (13..24), and the last step.
-    assert [s for s, _ in by_key["grad_norm/net.4"]] == [0, 10, *range(13, 25)]
+    # Per-layer, log10: every 10th step, every non-finite step (13..24), and the last step;
+    # a NaN/inf/0 value has no log10 point (net.4 is NaN from step 13).
+    assert [s for s, _ in by_key["grad_norm_log10/net.2"]] == [0, 10, *range(13, 25)]
+    assert [s for s, _ in by_key["grad_norm_log10/net.4"]] == [0, 10]
+    assert by_key["grad_norm_log10/net.2"][0][1] == pytest.approx(math.log10(0.2))
+    assert [s for s, _ in by_key["grad_norm/global_log10"]] == list(range(13))
     assert by_key["lr"] == [(0, 0.1), (6, 0.1), (7, 0.05), (24, 0.05)]
-    assert by_key["grad/nonfinite"] == [(0, 0.0), (12, 0.0), (13, 1.0), (24, 1.0)]
-    assert by_key["amp/overflow_count"] == [(0, 0.0), (24, 0.0)]
+    assert by_key["guard/nonfinite_grads"] == [(0, 0.0), (12, 0.0), (13, 1.0), (24, 1.0)]
+    assert by_key["guard/amp_overflow_count"] == [(0, 0.0), (24, 0.0)]
     assert encoder.first_nonfinite == 13
     assert metric_key("grad_norm/enc.layers[0]") == "grad_norm/enc.layers_0_"
 
@@ -212,10 +223,18 @@ def test_sweep_flow_runs_traces_tags_artifacts(study: StudyTracker, tmp_path: Pa
     assert parent.data.tags["stabsweep.summary.note"] == "ok"
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["spec.yaml"]
 
+    best = parent.data.tags["stabsweep.best_trial_run_id"]
+    assert best in (outcomes[0].mlflow_run_id, outcomes[2].mlflow_run_id)
+    assert f"runs/{best})" in parent.data.tags["mlflow.note.content"]  # a link to it
     for number, outcome in enumerate(outcomes):
         run = client.get_run(outcome.mlflow_run_id)
-        assert run.info.run_name == f"trial-{number}"
-        assert run.info.status == "FINISHED"  # an explosion is a valid, finished trial
+        name = f"trial-{number}"
+        if outcome.outcome == "exploded":  # told apart in the runs table: name, status, dot
+            name += f" [exploded @{outcome.verdict['step']}]"
+        assert run.info.run_name == name + (" [best]" if run.info.run_id == best else "")
+        assert run.info.status == ("KILLED" if outcome.outcome == "exploded" else "FINISHED")
+        assert run.data.tags["mlflow.runColor"] == (
+            "#e03131" if outcome.outcome == "exploded" else "#2f9e44")
         assert run.data.tags["stabsweep.state"] == outcome.outcome
         steps = outcome.steps_run
         grad = history(client, run.info.run_id, "grad_norm/global")
@@ -241,21 +260,23 @@ def test_sweep_flow_runs_traces_tags_artifacts(study: StudyTracker, tmp_path: Pa
 
     stable, boom, clipped = (client.get_run(o.mlflow_run_id) for o in outcomes)
     assert stable.data.tags["stabsweep.exploded"] == "false"
-    layer_keys = sorted(k for k in stable.data.metrics if k.startswith("grad_norm/")
-                        and k != "grad_norm/global")
-    assert len(layer_keys) == 4  # depth=4: four linear layers
+    layer_keys = sorted(k for k in stable.data.metrics if k.startswith("grad_norm_log10/"))
+    assert layer_keys == ["grad_norm_log10/00:Linear", "grad_norm_log10/02:Linear",
+                          "grad_norm_log10/04:Linear", "grad_norm_log10/06:Linear"]
     every = auto_layer_every(4)  # default cadence: max(25, layers)
     assert every == 25
     assert [s for s, _ in history(client, stable.info.run_id, layer_keys[0])] == [0, 25, 39]
     assert history(client, stable.info.run_id, "lr") == [(0, 1e-3), (39, 1e-3)]
-    coef = history(client, clipped.info.run_id, "clip/coef")
+    coef = history(client, clipped.info.run_id, "guard/clip_coef")
     assert len(coef) >= 2 and min(v for _, v in coef) < 1.0  # clipping active: coef < 1
     # The explosion: tagged, found by a filter, diagnosed.
     tags = boom.data.tags
     assert tags["stabsweep.exploded"] == "true"
     assert tags["stabsweep.verdict_kind"] == outcomes[1].verdict["kind"]
     assert tags["stabsweep.onset_step"] == str(outcomes[1].diagnosis["onset_step"])
-    assert tags.get("stabsweep.first_layer") == outcomes[1].diagnosis["first_layer"]
+    assert tags["stabsweep.first_layer"] == outcomes[1].diagnosis["first_layer"]
+    assert tags["stabsweep.first_layer"].endswith(":Linear")
+    assert "first layer to rise" in tags["mlflow.note.content"]
     assert tags["stabsweep.reason"].startswith("exploded:")
     found = client.search_runs([study.experiment_id], "tags.`stabsweep.exploded` = 'true'")
     assert [r.info.run_id for r in found] == [boom.info.run_id]
@@ -297,7 +318,23 @@ def test_ui_url_hides_credentials(study: StudyTracker) -> None:
     assert "stabsweep ui" in study.ui_url()
     study.sink.uri = "https://user:secret@mlflow.example:8443/prefix"
     assert study.ui_url() == ("https://mlflow.example:8443/prefix/#/experiments/"
-                              f"{study.experiment_id}/runs?workflowType=machine_learning")
+                              f"{study.experiment_id}/runs?workflowType=machine_learning"
+                              "&viewStateShareKey=stabsweep")
+
+
+def test_experiment_carries_the_view_the_url_opens(study: StudyTracker) -> None:
+    from sweeps.tracking import study_urls
+
+    experiment = client_for(study.sink.uri).get_experiment(study.experiment_id)
+    state = json.loads(experiment.tags["mlflow.sharedViewState.stabsweep"])
+    assert state["searchFilter"] == "tags.`stabsweep.study` = 'tiny'"  # flat: trials shown
+    assert state["orderByKey"] == "metrics.`eval_loss`" and state["orderByAsc"] is True
+    assert state["runsHiddenMode"] == "SHOW_ALL"  # charts draw every trial, not 10
+    assert "tags.`stabsweep.state`" in state["selectedColumns"]
+    assert "params.`lr`" in state["selectedColumns"]
+    assert study_urls(study.sink.uri, "http://127.0.0.1:5000") == [
+        ("tiny", f"http://127.0.0.1:5000/#/experiments/{study.experiment_id}/runs"
+                 "?workflowType=machine_learning&viewStateShareKey=stabsweep")]
 
 
 def test_nonfinite_values_are_kept_and_tagged(study: StudyTracker) -> None:
@@ -314,44 +351,79 @@ def test_nonfinite_values_are_kept_and_tagged(study: StudyTracker) -> None:
     grad = history(client, run_id, "grad_norm/global")
     assert len(grad) == 300
     np.testing.assert_array_equal([v for _, v in grad], as_stored(trace["grad_norm"]))
-    layer = dict(history(client, run_id, "grad_norm/net.2"))
-    assert layer[120] == FLOAT_MAX  # inf, clamped by the SQL store ...
+    layer = dict(history(client, run_id, "grad_norm_log10/net.2"))
+    assert 120 not in layer  # inf: no log10 point (the raw trace keeps it) ...
     tags = client.get_run(run_id).data.tags
-    assert tags["stabsweep.nonfinite_step"] == "120"  # ... so it is tagged too
+    assert tags["stabsweep.nonfinite_step"] == "120"  # ... the step is tagged
     assert tags["stabsweep.exploded"] == "true"
     assert tags["stabsweep.onset_step"] == str(result.diagnosis.onset_step)
     assert math.isnan(dict(history(client, run_id, "loss"))[260])
-    assert dict(history(client, run_id, "grad/nonfinite"))[120] == 1.0
+    assert dict(history(client, run_id, "guard/nonfinite_grads"))[120] == 1.0
     # Per-layer: every 10th step, the non-finite ones, and the explosion window (from 20
     # steps before the onset, at most 200 before the verdict) at full resolution.
     start = max(result.diagnosis.onset_step - 20, 250 - 200)
-    assert sorted(layer) == sorted({*range(0, 300, 10), 120, *range(start, 300)})
+    assert sorted(layer) == sorted({*range(0, 300, 10), *range(start, 300)} - {120})
     assert tracker.stats.values_lost == 0 and tracker.stats.sink.rejected == 0
 
 
-def test_full_queue_blocks_training_and_drops_nothing(
+def test_slow_store_never_blocks_training_and_drops_nothing(
         study: StudyTracker, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(trial_module, "_QUEUE_ITEMS", 2)
+    """The training thread only appends to the spool: a store that takes 20 ms per call
+    costs on_sync nothing; every point lands when the trial's spool is uploaded."""
+    import time
+
     client = client_for(study.sink.uri)
     run_id = study.create_trial_run(0, STABLE)
     tracker = TrialTracker(settings_for(study, run_id), trial_number=0, send_interval=0.05)
-    real_submit = tracker.sink.submit
+    real_run = tracker.sink._run
+    calls = []
 
-    def slow_submit(op: dict[str, Any]) -> bool:
-        import time
-
+    def slow_run(op: dict[str, Any], spool: Any = None) -> None:
+        calls.append(op["op"])
         time.sleep(0.02)
-        return real_submit(op)
+        real_run(op, spool)
 
-    tracker.sink.submit = slow_submit  # type: ignore[method-assign]
+    monkeypatch.setattr(tracker.sink, "_run", slow_run)
     records, trace = synthetic(400)
+    start = time.perf_counter()
     for record in records:
         tracker.on_sync([record])
+    assert not calls  # nothing was sent from the training thread
+    assert time.perf_counter() - start < 2.0 and tracker.stats.write_s < 2.0
     tracker.finish(fake_result(trace), TrialOutcome(0, keys.COMPLETE, 0.5, "ok",
                                                     steps_run=400))
-    assert tracker.stats.blocked > 0
+    assert calls and tracker.stats.blocked == 0
     assert [s for s, _ in history(client, run_id, "grad_norm/global")] == list(range(400))
     assert tracker.stats.values_lost == 0
+
+
+def test_uploader_process_sends_a_finished_trial(study: StudyTracker,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Background mode: finish returns at once; this host's uploader process sends it."""
+    from sweeps.tracking._uploader import uploader_running
+
+    monkeypatch.setenv("STABSWEEP_UPLOADER_IDLE_S", "5")
+    client = client_for(study.sink.uri)
+    run_id = study.create_trial_run(0, STABLE)
+    settings = settings_for(study, run_id)
+    settings.upload = "background"
+    tracker = TrialTracker(settings, trial_number=0)
+    records, trace = synthetic(120, nan_at=100)
+    for record in records:
+        tracker.on_sync([record])
+    verdict = Verdict("nonfinite", 100, math.nan, 0.0, layer="net.4")
+    tracker.finish(fake_result(trace, verdict),
+                   TrialOutcome(0, keys.EXPLODED, 1e12, f"exploded: {verdict}", steps_run=120))
+    assert tracker.stats.sink.ops_sent == 0  # the worker sent nothing itself
+    assert tracker.wait_landed(timeout=120), (Path(settings.spool_dir) / "uploader.log"
+                                              ).read_text()[-2000:]
+    assert uploader_running(settings.spool_dir)
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["stabsweep.exploded"] == "true"
+    assert [s for s, _ in history(client, run_id, "grad_norm/global")] == list(range(120))
+    artifacts = sorted(a.path for a in client.list_artifacts(run_id))
+    assert artifacts == ["diagnosis.json", "grad_norm_trace.png", "layer_heatmap.png",
+                         "trace.parquet"]  # the plots were drawn by the uploader
 
 
 # ---------------------------------------------------------------------------- store down
@@ -427,12 +499,12 @@ def test_store_down_spools_everything_and_sync_uploads_once(
     report = sync_spool(tmp_path / "spool", study.sink.uri, prune=False)
     assert report.pending == 0 and report.rejected == 0 and report.runs_created == 2
     runs = {r.info.run_name: r for r in client.search_runs([study.experiment_id])}
-    assert sorted(runs) == ["tiny", "trial-0", "trial-1", "trial-2"]
-    boom = runs["trial-1"]
+    assert sorted(runs) == ["tiny", "trial-0", "trial-1 [exploded @100]", "trial-2"]
+    boom = runs["trial-1 [exploded @100]"]
     assert boom.data.tags["mlflow.parentRunId"] == study.parent_run_id
     assert boom.data.tags["stabsweep.exploded"] == "true"
     assert boom.data.tags["stabsweep.nonfinite_step"] == "100"
-    assert boom.info.status == "FINISHED"
+    assert boom.info.status == "KILLED"
     assert runs["trial-0"].info.status == "FAILED"
     grad = history(client, boom.info.run_id, "grad_norm/global")
     np.testing.assert_array_equal([v for _, v in grad], as_stored(trace["grad_norm"]))
@@ -475,9 +547,10 @@ def test_concurrent_writers_on_one_sqlite_store(study: StudyTracker) -> None:
                                          for i, run in enumerate(runs)])
     client = client_for(study.sink.uri)
     for run_id, result in zip(runs, results):
-        assert result["rejected"] == 0 and result["spooled"] == 0 and result["errors"] == []
+        assert result["rejected"] == 0 and result["errors"] == []
         assert [s for s, _ in history(client, run_id, "grad_norm/global")] == list(range(steps))
-        assert [s for s, _ in history(client, run_id, "grad_norm/net.2")] == list(range(steps))
+        assert [s for s, _ in history(client, run_id, "grad_norm_log10/net.2")] == list(
+            range(steps))
         assert client.get_run(run_id).info.status == "FINISHED"
     # ~5 points per step each: 3 x 10,000 values written at once without a single loss.
     assert sum(r["points"] for r in results) >= n * steps * 5

@@ -39,7 +39,7 @@ from sweeps.tracking._settings import (
     default_spool_dir,
 )
 from sweeps.tracking._sink import SinkStats, TrackingUnavailable
-from sweeps.tracking._study import StudyTracker
+from sweeps.tracking._study import StudyTracker, study_url, study_urls
 from sweeps.tracking._sync import SyncReport, sync_spool
 from sweeps.tracking._trial import TrackerStats, TrialTracker
 
@@ -62,5 +62,7 @@ __all__ = [
     "TrialTracker",
     "auto_layer_every",
     "default_spool_dir",
+    "study_url",
+    "study_urls",
     "sync_spool",
 ]

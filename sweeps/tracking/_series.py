@@ -3,21 +3,30 @@
 Metric keys of a trial run (``step`` is the 0-based optimizer step of the trace, except the
 evaluation metrics, logged at the number of steps completed when they were taken):
 
-========================  ===================================================================
-key                       points
-========================  ===================================================================
-``loss``                  every step
-``grad_norm/global``      every step (pre-clip)
-``grad_norm/<layer>``     every ``layer_every`` steps (auto: ``max(25, layers)``), every step
-                          with a NaN/inf, the last step, and at finish every step of the
-                          explosion window
-``lr``                    run-length: first and last step of each constant run (exact)
-``amp/overflow_count``    run-length, cumulative fp16 overflow (skipped) steps
-``grad/nonfinite``        run-length, gradient tensors holding a NaN or inf at that step
-``clip/coef``             at finish from the trace, run-length (every step while clipping)
-``amp/scale``             at finish from the trace, run-length, fp16 runs only
-``eval_*`` and friends    each evaluation, at its step; ``steps_run``, ``overflow_count``
-========================  ===================================================================
+=============================  ==============================================================
+key                            points
+=============================  ==============================================================
+``grad_norm/global``           every step (pre-clip)
+``grad_norm/global_log10``     every step with a finite, positive norm: log10 of it
+``grad_norm_log10/<layer>``    log10 of the layer's norm, every ``layer_every`` steps (auto:
+                               ``max(25, layers)``), every step with a NaN/inf, the last
+                               step, and at finish every step of the explosion window
+``guard/amp_overflow_count``   run-length, cumulative fp16 overflow (skipped) steps
+``guard/nonfinite_grads``      run-length, gradient tensors holding a NaN or inf at that step
+``guard/clip_coef``            at finish from the trace, run-length (every step while clipping)
+``guard/amp_scale``            at finish from the trace, run-length, fp16 runs only
+``loss``                       every step
+``lr``                         run-length: first and last step of each constant run (exact)
+``eval_*`` and friends         each evaluation, at its step; ``steps_run``, ``overflow_count``
+=============================  ==============================================================
+
+The names are chosen for the MLflow UI, which draws one section per key prefix, sections and
+charts sorted as text: ``grad_norm`` comes first with the global norm (raw, then log10), the
+layers follow in model order (their names are zero-padded, ``stability.stats.layer_labels``)
+on a log10 axis, where the steps before an explosion are not a flat line at 0. Raw per-layer
+norms are in the run's ``trace.parquet``; any chart can also be switched to a log axis in the
+UI (chart menu, Configure, Y-axis scale: Log scale). A layer value that is NaN, inf or 0 has no
+log10 point: ``guard/nonfinite_grads`` and the tags say when the gradients went non-finite.
 
 Run-length series cost two points per change instead of one per step, and still draw exactly
 (flat across a run, a step between runs). Values go out as they are: SQL stores keep NaN (as a
@@ -37,9 +46,15 @@ import numpy as np
 from stability.records import StepRecord
 from sweeps.tracking._settings import auto_layer_every
 
-__all__ = ["LAYER_PREFIX", "RunLength", "TraceEncoder", "metric_key"]
+__all__ = ["GLOBAL_KEY", "GLOBAL_LOG10_KEY", "LAYER_KEY_PREFIX", "LAYER_PREFIX", "RunLength",
+           "TraceEncoder", "layer_key", "metric_key"]
 
 LAYER_PREFIX = "grad_norm/"
+"""prefix of the per-layer columns of a trace."""
+LAYER_KEY_PREFIX = "grad_norm_log10/"
+"""prefix of the per-layer MLflow metrics (log10 of the norm)."""
+GLOBAL_KEY = "grad_norm/global"
+GLOBAL_LOG10_KEY = "grad_norm/global_log10"
 Point = list[Any]  # [key, value, timestamp_ms, step]
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 EXPLOSION_WINDOW = 200
@@ -51,6 +66,11 @@ def metric_key(name: str) -> str:
     """``name`` as a valid MLflow metric key (other characters become ``_``)."""
     key = _BAD_KEY_CHARS.sub("_", name).strip("/") or "_"
     return re.sub(r"/+", "/", key)[:250]
+
+
+def layer_key(layer: str) -> str:
+    """MLflow key of a layer's (log10) gradient norm: ``grad_norm_log10/<layer>``."""
+    return metric_key(LAYER_KEY_PREFIX + layer)
 
 
 def _same(a: float, b: float) -> bool:
@@ -95,8 +115,8 @@ class TraceEncoder:
         self.layer_every = layer_every
         """None until the first record says how many layers there are (automatic cadence)."""
         self._lr = RunLength("lr")
-        self._overflow = RunLength("amp/overflow_count")
-        self._nonfinite = RunLength("grad/nonfinite")
+        self._overflow = RunLength("guard/amp_overflow_count")
+        self._nonfinite = RunLength("guard/nonfinite_grads")
         self._overflows = 0
         self._keys: dict[tuple[str, ...], list[str]] = {}
         self._last: StepRecord | None = None
@@ -107,7 +127,7 @@ class TraceEncoder:
     def _layer_keys(self, names: tuple[str, ...]) -> list[str]:
         keys = self._keys.get(names)
         if keys is None:
-            keys = [metric_key(LAYER_PREFIX + name) for name in names]
+            keys = [layer_key(name) for name in names]
             self._keys[names] = keys
         return keys
 
@@ -115,8 +135,11 @@ class TraceEncoder:
         out: list[Point] = []
         for record in records:
             step = record.step
+            norm = record.global_norm
             out.append(["loss", record.loss, ts, step])
-            out.append(["grad_norm/global", record.global_norm, ts, step])
+            out.append([GLOBAL_KEY, norm, ts, step])
+            if 0.0 < norm < math.inf:
+                out.append([GLOBAL_LOG10_KEY, math.log10(norm), ts, step])
             self._lr.push(step, float(record.lr), ts, out)
             self._overflows += int(record.overflow)
             self._overflow.push(step, float(self._overflows), ts, out)
@@ -138,8 +161,9 @@ class TraceEncoder:
             return
         self.layer_steps.add(record.step)
         values = np.asarray(record.layer_norms, dtype=np.float64).tolist()
-        out.extend([key, value, ts, record.step]
-                   for key, value in zip(self._layer_keys(record.layer_names), values))
+        out.extend([key, math.log10(value), ts, record.step]
+                   for key, value in zip(self._layer_keys(record.layer_names), values)
+                   if 0.0 < value < math.inf)
 
     def close(self, ts: int) -> list[Point]:
         """End points of the run-length series and the last step's per-layer norms."""
@@ -158,13 +182,15 @@ class TraceEncoder:
             return out
         steps = trace["step"].to_numpy(np.int64)
         if "clip_coef" in trace.columns:
-            out += RunLength("clip/coef").extend(steps, trace["clip_coef"].to_numpy(float), ts)
+            out += RunLength("guard/clip_coef").extend(steps, trace["clip_coef"].to_numpy(float),
+                                                       ts)
         if fp16 and "amp_scale" in trace.columns:
-            out += RunLength("amp/scale").extend(steps, trace["amp_scale"].to_numpy(float), ts)
+            out += RunLength("guard/amp_scale").extend(steps, trace["amp_scale"].to_numpy(float),
+                                                       ts)
         if window_start is not None:
             columns = [c for c in trace.columns
                        if str(c).startswith(LAYER_PREFIX) and c != "grad_norm"]
-            keys = [metric_key(str(c)) for c in columns]
+            keys = [layer_key(str(c)[len(LAYER_PREFIX):]) for c in columns]
             rows = np.flatnonzero(steps >= max(0, window_start))
             values = trace[columns].to_numpy(np.float64) if columns else None
             for row in rows.tolist():
@@ -172,5 +198,6 @@ class TraceEncoder:
                 if step in self.layer_steps or values is None:
                     continue
                 self.layer_steps.add(step)
-                out.extend([k, v, ts, step] for k, v in zip(keys, values[row].tolist()))
+                out.extend([k, math.log10(v), ts, step]
+                           for k, v in zip(keys, values[row].tolist()) if 0.0 < v < math.inf)
         return out

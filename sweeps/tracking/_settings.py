@@ -16,22 +16,27 @@ __all__ = [
     "DEFAULT_PLOTS",
     "EXPERIMENT_KIND",
     "MIN_LAYER_EVERY",
+    "OUTCOME_COLORS",
     "PLOTS",
     "TAG_ATTEMPT",
+    "TAG_BEST_RUN",
     "TAG_EXPLODED",
     "TAG_FIRST_LAYER",
     "TAG_KIND",
     "TAG_NONFINITE_STEP",
+    "TAG_NOTE",
     "TAG_ONSET_STEP",
     "TAG_PARENT",
     "TAG_PLACEHOLDER",
     "TAG_REASON",
+    "TAG_RUN_COLOR",
     "TAG_STATE",
     "TAG_STUDY",
     "TAG_TRIAL",
     "TAG_VERDICT",
     "TAG_VERDICT_KIND",
     "TAG_WORKER",
+    "VIEW_KEY",
     "TrackingSettings",
     "auto_layer_every",
     "default_spool_dir",
@@ -70,6 +75,16 @@ TAG_VERDICT_KIND = "stabsweep.verdict_kind"
 TAG_VERDICT = "stabsweep.verdict"
 TAG_NONFINITE_STEP = "stabsweep.nonfinite_step"  # first step with a NaN/inf loss or gradient
 TAG_PLACEHOLDER = "stabsweep.placeholder_id"     # run created from the spool (idempotent replay)
+TAG_BEST_RUN = "stabsweep.best_trial_run_id"    # on the study's run: its best trial's run
+TAG_RUN_COLOR = "mlflow.runColor"               # the dot next to a run's name in the UI
+TAG_NOTE = "mlflow.note.content"                # a run's (or experiment's) description
+UPLOAD_MODES = ("background", "inline")
+VIEW_KEY = "stabsweep"
+"""The experiment's shared view (tag ``mlflow.sharedViewState.stabsweep``), opened by the URL
+``?viewStateShareKey=stabsweep``: the study's runs flat (trials visible), best first."""
+OUTCOME_COLORS = {"complete": "#2f9e44", "exploded": "#e03131", "slow": "#f08c00",
+                  "failed": "#868e96", "interrupted": "#868e96", "worker_lost": "#868e96"}
+"""Run colour per outcome: an exploded trial is the red dot in the runs table and charts."""
 TAG_WORKER = "stabsweep.worker"                  # host:pid of the process that trained it
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -121,6 +136,12 @@ class TrackingSettings:
         enabled: False turns tracking off (workers log nothing).
         run_id: the trial's run, created by the driver before dispatch (``for_run``); None
             makes the worker create its own child run.
+        run_name: that run's name (``trial-3``, ``trial-3-retry1``); the worker marks it
+            when the trial explodes (``trial-3 [exploded @41]``).
+        upload: ``background`` (default): a worker writes its trial to the spool and this
+            host's uploader process sends it, off the trial's critical path; ``inline``: the
+            worker sends it itself when the trial finishes (tests). Default from
+            ``$STABSWEEP_TRACKING_UPLOAD`` when set.
     """
 
     tracking_uri: str
@@ -131,8 +152,15 @@ class TrackingSettings:
     plots: str = DEFAULT_PLOTS
     enabled: bool = True
     run_id: str | None = None
+    run_name: str | None = None
+    upload: str = ""
 
     def __post_init__(self) -> None:
+        if not self.upload:
+            self.upload = os.environ.get("STABSWEEP_TRACKING_UPLOAD", "") or "background"
+        if self.upload not in UPLOAD_MODES:
+            raise ValueError(f"tracking.upload must be one of {', '.join(UPLOAD_MODES)}; got "
+                             f"{self.upload!r}.")
         if not isinstance(self.tracking_uri, str) or not self.tracking_uri.strip():
             raise ValueError("tracking.tracking_uri must be a non-empty URI; got "
                              f"{self.tracking_uri!r}. Use mlflow_setup.resolve_tracking_uri().")
@@ -150,6 +178,6 @@ class TrackingSettings:
             raise ValueError(f"tracking.plots must be one of {', '.join(PLOTS)}; got "
                              f"{self.plots!r}.")
 
-    def for_run(self, run_id: str) -> TrackingSettings:
+    def for_run(self, run_id: str, run_name: str | None = None) -> TrackingSettings:
         """A copy for one trial, whose run the driver created (``create_trial_run``)."""
-        return replace(self, run_id=run_id)
+        return replace(self, run_id=run_id, run_name=run_name)

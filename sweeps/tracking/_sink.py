@@ -8,6 +8,8 @@ Every write of the tracking layer is an operation (a dict, the same form the spo
                 params ``[[key, value], ...]`` and tags (<= 100 each)
 ``artifacts``   run, a local directory (``local``) or its spooled copy (``dir``),
                 artifact_path
+``plots``       run, the spooled artifacts (``dir``) to draw a trial's plots from, title,
+                trial, verdict (drawn by whoever uploads: off the trial's critical path)
 ``status``      run, status (RUNNING, FINISHED, FAILED, KILLED), end_time
 ==============  ==================================================================
 
@@ -22,6 +24,7 @@ silently.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -222,6 +225,13 @@ class Sink:
             local = op.get("local") or str((spool or self.spool).root / op["dir"])
             self._retry_locked(lambda: client.log_artifacts(run_id, local,
                                                             op.get("artifact_path")))
+        elif kind == "plots":
+            import tempfile
+
+            folder = (spool or self.spool).root / op["dir"]
+            with tempfile.TemporaryDirectory(prefix="stabsweep-plots-") as tmp:
+                if render_plots(folder, Path(tmp), op, self.stats.errors):
+                    self._retry_locked(lambda: client.log_artifacts(run_id, tmp, None))
         elif kind == "status":
             if op["status"] == "RUNNING":
                 self._retry_locked(lambda: client.update_run(run_id, status="RUNNING"))
@@ -309,6 +319,41 @@ class Sink:
         self.stats.errors.append(message)
         warnings.warn(message + " (counted in the tracker's stats.rejected)", RuntimeWarning,
                       stacklevel=3)
+
+
+def render_plots(folder: Path, out: Path, op: dict[str, Any], errors: list[str]) -> bool:
+    """``grad_norm_trace.png`` and ``layer_heatmap.png`` of a trial from its spooled
+    ``trace.parquet`` and ``diagnosis.json`` (drawn here, off the trial's critical path)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from stability.plots import plot_layer_heatmap, plot_trace
+    from stability.records import Verdict
+
+    try:
+        trace = pd.read_parquet(folder / "trace.parquet")
+        diag = json.loads((folder / "diagnosis.json").read_text())
+    except Exception as exc:  # nothing to draw from: the run keeps its other artifacts
+        errors.append(f"plots: {type(exc).__name__}: {exc}")
+        return False
+    verdict = Verdict(**op["verdict"]) if op.get("verdict") else None
+    diagnosis = SimpleNamespace(onset_step=diag.get("onset_step"), verdict=verdict)
+    drawn = False
+    jobs = [("grad_norm_trace.png", lambda: plot_trace(
+        trace, out / "grad_norm_trace.png", verdict=verdict, diagnosis=diagnosis,  # type: ignore[arg-type]
+        title=op.get("title")))]
+    if any(str(c).startswith("grad_norm/") for c in trace.columns):
+        jobs.append(("layer_heatmap.png", lambda: plot_layer_heatmap(
+            trace, out / "layer_heatmap.png",
+            title=f"trial {op.get('trial')}: per-layer gradient norm")))
+    for name, job in jobs:
+        try:
+            job()
+            drawn = True
+        except Exception as exc:  # a plot that fails must not stop the upload
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+    return drawn
 
 
 def _now_ms() -> int:

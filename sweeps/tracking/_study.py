@@ -4,9 +4,22 @@ The driver creates each trial's run before it dispatches the trial, so that a wo
 leaves a run the driver can still close (``close_trial_run``), and a retried trial never leaves
 a run that looks like a success. Run layout::
 
-    experiment <study>                 tag mlflow.experimentKind=custom_model_development
-      run <study>                      the study: spec as params + spec.yaml, report files
-        run trial-<n>[-retry<k>]       mlflow.parentRunId, params = the sampled config
+    experiment <study>                 tag mlflow.experimentKind=custom_model_development,
+                                       tag mlflow.sharedViewState.stabsweep (the view below)
+      run <study>                      the study: spec as params + spec.yaml, report files,
+                                       a link to its best trial (description, tag)
+        run trial-<n>[-retry<k>]       mlflow.parentRunId, params = the sampled config;
+                                       an exploded one is renamed ``trial-<n> [exploded @<step>]``,
+                                       ends KILLED (a red cross) and has a red dot
+
+The URL to open (:meth:`StudyTracker.ui_url`, printed by ``stabsweep run`` and ``stabsweep
+ui``) is the experiment's runs in the UI's "Model training" mode with the shared view
+``stabsweep``: the study's runs listed flat (a search filter turns MLflow's nesting off, so
+every trial is visible without unfolding the study's row), best objective first, useful
+columns instead of the empty Source/Models/Dataset, and every run drawn in the charts (not
+only the first 10). MLflow 3.17 ignores ``mlflow.experimentKind`` once its GenAI / Model
+training switch exists: an experiment opened from the list shows the mode last chosen in that
+browser, so the printed URL carries ``workflowType=machine_learning``.
 """
 
 from __future__ import annotations
@@ -36,7 +49,7 @@ from sweeps.tracking._sink import Sink, _is_transient
 from sweeps.tracking._spool import Spool, spool_files
 from sweeps.tracking._sync import SyncReport, sync_spool
 
-__all__ = ["StudyTracker", "flatten"]
+__all__ = ["StudyTracker", "flatten", "study_url", "study_urls", "view_state"]
 
 _MAX_PER_BATCH = 100  # MLflow's log_batch limit on params and on tags
 _PARAM_LEN = 6000
@@ -60,8 +73,13 @@ class StudyTracker:
     """The study's experiment and run, and its trials' runs. Build it with :meth:`open`."""
 
     def __init__(self, sink: Sink, study_name: str, experiment_id: str, parent_run_id: str,
-                 layer_every: int | None = None, plots: str = DEFAULT_PLOTS) -> None:
+                 layer_every: int | None = None, plots: str = DEFAULT_PLOTS,
+                 objective: tuple[str, str] = ("eval_loss", "minimize")) -> None:
         self.sink = sink
+        self.objective = objective
+        """(metric, direction) of the study: the view's sort, the best trial."""
+        self._run_names: dict[str, str] = {}
+        self._trial_runs: dict[int, str] = {}
         self.study_name = study_name
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -94,8 +112,8 @@ class StudyTracker:
         else:
             spool = str(Path(spool_dir).resolve())
         # Validate the knobs before touching the store (nothing is created on bad input).
-        TrackingSettings(tracking_uri=tracking_uri, experiment_id="0", spool_dir=spool,
-                         layer_every=layer_every, plots=plots)
+        checked = TrackingSettings(tracking_uri=tracking_uri, experiment_id="0",
+                                   spool_dir=spool, layer_every=layer_every, plots=plots)
         sink = Sink(tracking_uri, spool,
                     name=f"study-{study_name}-{socket.gethostname()}-{os.getpid()}")
         try:
@@ -109,7 +127,13 @@ class StudyTracker:
                     "(`stabsweep ui` serves the local store), fix --tracking-uri, or run "
                     "without tracking.") from exc
             raise
-        tracker = cls(sink, study_name, experiment_id, parent or "", layer_every, plots)
+        tracker = cls(sink, study_name, experiment_id, parent or "", layer_every, plots,
+                      _objective(spec_dict))
+        tracker._set_view(spec_dict)
+        if checked.upload == "background":
+            from sweeps.tracking._uploader import ensure_uploader
+
+            ensure_uploader(spool, tracking_uri)  # warm before the first trial ends
         if parent is not None:
             tracker.resumed = True
             sink.submit({"op": "status", "run": parent, "status": "RUNNING"})
@@ -137,20 +161,18 @@ class StudyTracker:
 
     def settings_for(self, run_id: str) -> TrackingSettings:
         """The settings of one trial whose run ``create_trial_run`` made (``task.tracking``)."""
-        return self.settings.for_run(run_id)
+        return self.settings.for_run(run_id, self._run_names.get(run_id))
 
-    def ui_url(self) -> str:
-        """Where to look: the experiment's runs in the UI's "Model training" mode."""
+    def ui_url(self, base_url: str | None = None) -> str:
+        """Where to look: the study's trials in the UI's "Model training" mode (the module
+        doc). ``base_url``: the UI's address when the store is a database or a folder."""
         uri = self.sink.uri
-        if uri.startswith(("http://", "https://")):
-            parts = urlsplit(uri)
-            base = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2],
-                               parts.path.rstrip("/"), "", ""))
-            return (f"{base}/#/experiments/{self.experiment_id}/runs"
-                    "?workflowType=machine_learning")
-        return (f"run `stabsweep ui` (an MLflow UI on {redact(uri)}) and open experiment "
-                f"{self.experiment_id} ({self.study_name}); the URL it prints opens the "
-                "Model training view")
+        if base_url is None and uri.startswith(("http://", "https://")):
+            base_url = uri
+        if base_url is not None:
+            return study_url(base_url, self.experiment_id)
+        return (f"run `stabsweep ui` (an MLflow UI on {redact(uri)}), then open "
+                + study_url("http://127.0.0.1:5000", self.experiment_id))
 
     # ------------------------------------------------------------------ trials
     def create_trial_run(self, trial_number: int, params: Mapping[str, Any],
@@ -163,6 +185,8 @@ class StudyTracker:
                 names.TAG_STUDY: self.study_name, names.TAG_TRIAL: str(trial_number),
                 names.TAG_ATTEMPT: str(attempt), names.TAG_STATE: "running"}
         run_id = self.sink.create_run(self.experiment_id, name, tags)
+        self._run_names[run_id] = name
+        self._trial_runs[trial_number] = run_id
         flat = sorted(flatten(params).items())
         for i in range(0, len(flat), _MAX_PER_BATCH):
             self.sink.submit({"op": "log_batch", "run": run_id,
@@ -203,7 +227,9 @@ class StudyTracker:
                           stacklevel=2)
         self._log_files({name: Path(path) for name, path in files.items()
                          if Path(path).is_file()}, artifact_path="report")
-        return self.close("FINISHED")
+        report = self.close("FINISHED")  # every trial's spool has landed (store up)
+        self._link_best(files)
+        return report
 
     def close(self, status: str = "KILLED") -> SyncReport:
         """End the study's run (``KILLED`` on Ctrl-C) and upload what was spooled."""
@@ -223,9 +249,63 @@ class StudyTracker:
         return sync_spool(self.sink.spool_dir, self.sink.uri, prune=prune)
 
     def _sync_now_and_then(self) -> None:
-        if time.monotonic() >= self._next_sync:
+        from sweeps.tracking._uploader import uploader_running
+
+        if time.monotonic() >= self._next_sync and not uploader_running(self.sink.spool_dir):
             self._next_sync = time.monotonic() + _SYNC_EVERY_S
             self.sync(prune=False)
+
+    def _set_view(self, spec: Mapping[str, Any]) -> None:
+        """Tag the experiment with the shared view the printed URL opens (and a description
+        with that URL, for someone who opens the experiment from the list)."""
+        space = spec.get("space") if isinstance(spec.get("space"), Mapping) else {}
+        state = view_state(self.study_name, *self.objective, [str(k) for k in space])
+        try:
+            client = self.sink.client
+            client.set_experiment_tag(self.experiment_id,
+                                      f"mlflow.sharedViewState.{names.VIEW_KEY}",
+                                      json.dumps(state))
+            client.set_experiment_tag(
+                self.experiment_id, names.TAG_NOTE,
+                f"stabsweep study `{self.study_name}`: open its trials with the URL `stabsweep "
+                "ui` prints (Model training mode, shared view `stabsweep`). Exploded trials "
+                "are named `trial-<n> [exploded @<step>]`, end Killed and have a red dot.")
+        except Exception as exc:  # the view is a convenience: never fail a sweep over it
+            warnings.warn(f"could not set the study's MLflow view: {exc}", RuntimeWarning,
+                          stacklevel=3)
+
+    def _link_best(self, files: Mapping[str, Any]) -> None:
+        """Link the study's run to its best trial's run (description and a tag)."""
+        metric, direction = self.objective
+        try:
+            client = self.sink.client
+            found = client.search_runs(
+                [self.experiment_id],
+                f"tags.`{names.TAG_KIND}` = 'trial' and tags.`{names.TAG_STATE}` = "
+                f"'{keys.COMPLETE}' and tags.`{names.TAG_PARENT}` = '{self.parent_run_id}'",
+                order_by=[f"metrics.`{metric}` {'ASC' if direction == 'minimize' else 'DESC'}"],
+                max_results=1)
+            if not found:
+                return
+            best = found[0]
+            value = best.data.metrics.get(metric)
+            shown = f"{value:.6g}" if isinstance(value, float) else "n/a"
+            url = f"#/experiments/{self.experiment_id}/runs/{best.info.run_id}"
+            note = client.get_run(self.parent_run_id).data.tags.get(names.TAG_NOTE, "")
+            report = ("report/report.html" if "report.html" in files else
+                      "report/report.md" if "report.md" in files else None)
+            lines = [f"**Best trial**: [{best.info.run_name}]({url}), `{metric}` = {shown}."]
+            if report:
+                lines.append(f"Report: `{report}` (Artifacts tab).")
+            client.set_tag(self.parent_run_id, names.TAG_BEST_RUN, best.info.run_id)
+            client.set_tag(self.parent_run_id, names.TAG_NOTE,
+                           ("\n\n".join([*lines, note]) if note else "\n\n".join(lines))[:5000])
+            if not best.info.run_name.endswith("[best]"):
+                client.set_tag(best.info.run_id, "mlflow.runName",
+                               f"{best.info.run_name} [best]")
+        except Exception as exc:  # a convenience: the study itself is complete
+            warnings.warn(f"could not link the study's best trial in MLflow: {exc}",
+                          RuntimeWarning, stacklevel=3)
 
     def _log_files(self, files: Mapping[str, str | Path], artifact_path: str | None) -> None:
         if not files:
@@ -239,6 +319,45 @@ class StudyTracker:
                     target.write_text(content)
             self.sink.submit({"op": "artifacts", "run": self.parent_run_id, "local": tmp,
                               "artifact_path": artifact_path})
+
+
+def study_url(base_url: str, experiment_id: str) -> str:
+    """The study's trials in the UI at ``base_url`` (credentials dropped)."""
+    parts = urlsplit(base_url)
+    base = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"),
+                       "", ""))
+    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={names.VIEW_KEY}")
+
+
+def study_urls(tracking_uri: str, base_url: str) -> list[tuple[str, str]]:
+    """(study, URL of its trials) of every stabsweep study in the store, newest first."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    tag = f"mlflow.sharedViewState.{names.VIEW_KEY}"
+    return [(e.name, study_url(base_url, e.experiment_id))
+            for e in client.search_experiments(order_by=["last_update_time DESC"])
+            if tag in e.tags]
+
+
+def _objective(spec: Mapping[str, Any]) -> tuple[str, str]:
+    objective = spec.get("objective") if isinstance(spec.get("objective"), Mapping) else {}
+    metric = str(objective.get("metric") or "eval_loss")
+    direction = str(objective.get("direction") or "minimize").lower()
+    return metric, "maximize" if direction.startswith("max") else "minimize"
+
+
+def view_state(study: str, metric: str, direction: str, params: list[str]) -> dict[str, Any]:
+    """The experiment's shared view (MLflow 3.17: search facets + runs-table UI state)."""
+    quoted = study.replace("\\", "\\\\").replace("'", "\\'")
+    columns = [f"metrics.`{metric}`", f"tags.`{names.TAG_STATE}`",
+               f"tags.`{names.TAG_ONSET_STEP}`", f"tags.`{names.TAG_FIRST_LAYER}`",
+               *(f"params.`{p}`" for p in params[:6])]
+    return {"searchFilter": f"tags.`{names.TAG_STUDY}` = '{quoted}'",
+            "orderByKey": f"metrics.`{metric}`", "orderByAsc": direction == "minimize",
+            "runsHiddenMode": "SHOW_ALL", "selectedColumns": columns,
+            "hideEmptyCharts": True}
 
 
 def _experiment(client: Any, name: str, uri: str) -> str:
