@@ -399,6 +399,13 @@ def suggest(diag: Diagnosis, frame: pd.DataFrame, config: StabilityConfig | None
             ranked.append((95 if onset < 50 else 75, Suggestion(
                 "warmup", f"warm the lr up over {steps} steps: the explosion began early, at "
                 f"step {onset}, with {have}", {"warmup_steps": steps})))
+    if cfg.on_spike == "stop" and diag.verdict_kind in ("spike", "median_ratio", "ceiling"):
+        # a norm anomaly stopped the run: with skip, the step is dropped and training goes
+        # on; only spikes that do not settle (or a diverging loss) stop it
+        ranked.append((92 if tight_clip else 85, Suggestion(
+            "on_spike", f"skip anomalous steps instead of stopping (on_spike: skip): a "
+            f"{diag.verdict_kind} stopped the run; a spike that passes in a few steps costs "
+            "only its update", {"on_spike": "skip"})))
     lr = diag.lr_at_onset
     if lr is not None and math.isfinite(lr) and lr > 0:
         lower = _sig(lr / 3.0, 2)

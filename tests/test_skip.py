@@ -218,3 +218,14 @@ def test_near_zero_loss_with_a_bump_is_not_flagged(on_spike: str) -> None:
     loss[200:] = 1.5  # while a loss that goes back above its start and stays is a divergence
     verdict = replay(default_detector(on_spike=on_spike), _records(loss, norm))
     assert verdict is not None and verdict.kind == "loss_divergence"
+
+
+def test_a_spike_that_stopped_a_run_suggests_skipping_it() -> None:
+    from stability.diagnose import diagnose
+
+    result = train(FaultyTask(), {**CONFIG, "on_spike": "stop", "clip_method": "norm",
+                                  "clip_threshold": 1.0}, steps=100, seed=0,
+                   detector=default_detector({"loss_divergence": None}, on_spike="stop"))
+    assert result.verdict is not None and result.verdict.kind in ("ceiling", "spike")
+    fixes = diagnose(result.trace, result.verdict, result.config).suggestions
+    assert fixes[0].changes == {"on_spike": "skip"}
