@@ -294,3 +294,16 @@ def test_report_skips_importances_with_one_complete_trial(tmp_path: Path) -> Non
     notes = "\n".join(paths.notes)
     assert "need >= 2 complete trials; the study has 1" in notes
     assert f"no valid {keys.STUDY_SPEC} attribute" in notes
+
+
+def test_report_html_renders_its_figures_inline(tmp_path: Path) -> None:
+    """MLflow's artifact viewer shows report.md's image links as text; report.html carries
+    its figures as data URIs, so it renders, figures included, anywhere."""
+    paths = write_report(make_study(), tmp_path / "out")
+    assert paths.report_html == tmp_path / "out" / "report.html"
+    page = paths.report_html.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "</html>" in page
+    figures = [p for p in (paths.history, paths.stability_map, paths.importances) if p]
+    assert page.count('src="data:image/png;base64,') == len(figures) >= 2
+    assert "![" not in page and "](history.png)" not in page
+    assert "<table>" in page and "<h2>Summary</h2>" in page
