@@ -70,6 +70,7 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tracking
                         ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(sink_module, "_WARNED", set())
+    monkeypatch.setenv("STABSWEEP_TRACKING_UPLOAD", "inline")  # uploads at finish, in-process
     handle = start_server(workdir=tmp_path / "server", timeout=START_TIMEOUT)
     yield handle
     handle.stop()
@@ -81,7 +82,7 @@ def test_server_outage_mid_sweep_then_sync(server: TrackingServer, tmp_path: Pat
     spool = tmp_path / "spool"
     study = StudyTracker.open("outage", SPEC, server.url, spool_dir=spool)
     assert study.ui_url() == (f"{server.url}/#/experiments/{study.experiment_id}/runs"
-                              "?workflowType=machine_learning")
+                              "?workflowType=machine_learning&viewStateShareKey=stabsweep")
 
     # Trial 0: a real training run, logged over HTTP, artifacts through the server.
     run0 = study.create_trial_run(0, {"lr": 1e-3})
@@ -129,7 +130,7 @@ def test_server_outage_mid_sweep_then_sync(server: TrackingServer, tmp_path: Pat
         assert report.runs_created == 1
         client = MlflowClient(server.url)
         runs = {r.info.run_name: r for r in client.search_runs([study.experiment_id])}
-        assert sorted(runs) == ["outage", "trial-0", "trial-1", "trial-2"]
+        assert sorted(runs) == ["outage", "trial-0", "trial-1", "trial-2 [exploded @70]"]
 
         one = runs["trial-1"]
         assert one.info.run_id == run1 and one.info.status == "FINISHED"
@@ -137,16 +138,16 @@ def test_server_outage_mid_sweep_then_sync(server: TrackingServer, tmp_path: Pat
         assert [s for s, _ in grad] == list(range(600))  # no step missing or doubled
         np.testing.assert_allclose([v for _, v in grad], trace1["grad_norm"], rtol=1e-12)
         every = auto_layer_every(len(LAYERS))
-        assert [s for s, _ in history(client, run1, "grad_norm/net.4")] == [
+        assert [s for s, _ in history(client, run1, "grad_norm_log10/net.4")] == [
             *range(0, 600, every), 599]
         assert one.data.tags["stabsweep.state"] == "complete"
 
-        two = runs["trial-2"]
+        two = runs["trial-2 [exploded @70]"]
         assert two.data.tags["mlflow.parentRunId"] == study.parent_run_id
         assert two.data.params["lr"] == "5.0"
         assert two.data.tags["stabsweep.exploded"] == "true"
         assert two.data.tags["stabsweep.nonfinite_step"] == "70"
-        assert two.info.status == "FINISHED"
+        assert two.info.status == "KILLED"
         grad2 = history(client, two.info.run_id, "grad_norm/global")
         assert [s for s, _ in grad2] == list(range(80))
         assert all(math.isnan(v) for _, v in grad2[70:])
