@@ -523,3 +523,44 @@ def test_real_sweep_driver_kill_9_leaves_no_ray_process(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_lost_worker_trial_counts_its_steps_and_output_has_no_ansi(tmp_path):
+    import os
+    import signal
+    import time
+
+    from tests.sweep_helpers import FIXTURE_MODULE, cli_popen, load
+
+    (tmp_path / "faulty_wl.py").write_text(FIXTURE_MODULE)
+    record = tmp_path / "rec"
+    record.mkdir()
+    data = small_spec(n_trials=2, steps=40, report_every=2,
+                      workload={"name": "faulty_wl:make",
+                                "args": {"delay": 0.1, "record": str(record)}})
+    data["space"]["lr"]["high"] = 0.01  # stable: each trial runs its 40 steps (~4 s)
+    write_spec(tmp_path / "s.yaml", data)
+    proc = cli_popen(tmp_path, "run", "s.yaml", "--workers", "1", "--no-tracking")
+    try:
+        deadline = time.monotonic() + 120
+        while not any(record.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        worker = int(next(record.iterdir()).name.split("-")[0])
+        time.sleep(2.5)  # a dozen steps, and the driver has asked for them
+        os.kill(worker, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out
+    assert "\x1b[" not in out, out          # Ray's "(raylet) A worker died" line is plain
+    assert "1 worker," in out
+    lost = [t for t in load(tmp_path, "t").trials
+            if t.user_attrs.get(keys.OUTCOME) == keys.WORKER_LOST]
+    assert len(lost) == 1
+    steps = lost[0].user_attrs[keys.STEPS_RUN]
+    assert 0 < steps < 40, steps
+    assert f"worker_lost ({steps} steps" in out
+    # the lost trial is no saving: 2 complete x 40 + its steps, on both sides
+    assert f"{80 + steps} of {80 + steps} steps run (0% saved by pruning)" in out
