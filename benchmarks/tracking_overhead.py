@@ -8,10 +8,12 @@ Prints, side by side:
    second each built-in workload would send at each per-layer cadence: the measurement behind
    the automatic per-layer cadence ``max(25, layers)``;
 2. one trial with tracking on vs off: same workload, config, seed and steps; on = the driver's
-   ``create_trial_run`` excluded, the worker's whole path included (start, ``on_sync`` every
-   step, ``finish``: flush, tags, eval metrics, trace.parquet, two plots, run status). Runs are
-   interleaved (off, on, off, on, ...) and medians reported, with the training loop alone and
-   ``finish`` alone broken out;
+   ``create_trial_run`` excluded (shown apart), the worker's whole path included (start,
+   ``on_sync`` every step, ``finish``: tags, eval metrics, trace.parquet and diagnosis written
+   into the spool, run status). The host's uploader process sends it meanwhile; the next run
+   starts once it landed, so no run pays for another's upload. Runs are interleaved (off, on,
+   off, on, ...); medians and the spread (min-max) are reported, with the breakdown: training
+   loop, time in ``on_sync``, ``finish``, and the time until the trial had landed;
 3. the time until a 20-layer x 2,000-step trace has landed in the store, every value at full
    resolution: the batched TrialTracker vs the naive one ``client.log_metric`` call per value
    (run on the first steps only and extrapolated, as it is much slower).
@@ -83,11 +85,15 @@ def workload_rates(steps: int) -> list[tuple[str, float, int]]:
 def one_trial(study: StudyTracker, number: int, workload: str, steps: int, tracked: bool,
               plots: str = "") -> dict[str, float]:
     """Wall and CPU seconds (this process, all threads) of the whole trial, its training
-    loop and its finish."""
+    loop and its finish; for a tracked one also the driver's run creation, the time in
+    on_sync, and when it had landed in the store."""
     tracker = None
+    create = 0.0
     if tracked:
+        start = time.perf_counter()
         run_id = study.create_trial_run(number, CONFIG)  # driver side: not counted
-        settings = study.settings.for_run(run_id)
+        create = time.perf_counter() - start
+        settings = study.settings_for(run_id)
         settings.plots = plots or settings.plots
         task = type("Task", (), {"tracking": settings, "config": CONFIG,
                                  "trial_number": number, "study_name": "bench"})()
@@ -102,8 +108,14 @@ def one_trial(study: StudyTracker, number: int, workload: str, steps: int, track
         outcome = TrialOutcome(number, keys.COMPLETE, 0.0, "ok", steps_run=result.steps_run)
         tracker.finish(result, outcome)
     end_wall, end_cpu = time.perf_counter(), time.process_time()
+    landed = 0.0
+    if tracker is not None:
+        tracker.wait_landed(timeout=300)  # not counted: the uploader's work, off this trial
+        landed = time.perf_counter() - end_wall
     return {"wall": end_wall - wall, "cpu": end_cpu - cpu, "loop_wall": fin_wall - loop_wall,
-            "loop_cpu": fin_cpu - loop_cpu, "finish_wall": end_wall - fin_wall}
+            "loop_cpu": fin_cpu - loop_cpu, "finish_wall": end_wall - fin_wall,
+            "on_sync": tracker.stats.write_s if tracker else 0.0, "create": create,
+            "landed": landed}
 
 
 def compare(study: StudyTracker, workload: str, steps: int, repeats: int, plots: bool
@@ -120,19 +132,27 @@ def compare(study: StudyTracker, workload: str, steps: int, repeats: int, plots:
     med = {mode: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
            for mode, rows in runs.items() if rows}
     off, on = med["off"], med["on"]
+    ratios = sorted(b["wall"] / a["wall"] for a, b in zip(runs["off"], runs["on"]))
     print(f"   {workload}, {steps} steps ({1000 * off['loop_wall'] / steps:.1f} ms/step "
           "untracked)")
-    print(f"   {'':<38}{'off':>8}{'on':>8}{'ratio':>8}")
+    print(f"   {'':<42}{'off':>8}{'on':>8}{'ratio':>8}")
     for label, key in (("whole trial, wall (s)", "wall"), ("whole trial, CPU (s)", "cpu"),
                        ("training loop, wall (s)", "loop_wall"),
                        ("training loop, CPU (s)", "loop_cpu")):
-        print(f"   {label:<38}{off[key]:>8.3f}{on[key]:>8.3f}{on[key] / off[key]:>7.3f}x")
-    print(f"   {'finish: flush, tags, artifacts, wall (s)':<38}{'':>8}{on['finish_wall']:>8.3f}")
+        print(f"   {label:<42}{off[key]:>8.3f}{on[key]:>8.3f}{on[key] / off[key]:>7.3f}x")
+    print(f"   per-pair wall ratio on/off: median {statistics.median(ratios):.3f}x, spread "
+          f"{ratios[0]:.3f}x-{ratios[-1]:.3f}x over {len(ratios)} pairs")
+    print("   breakdown of a tracked trial (median):")
+    print(f"     {'in on_sync (encode + append to the spool), s':<48}{on['on_sync']:>8.3f}"
+          f"  ({1e6 * on['on_sync'] / steps:.0f} us/step)")
+    print(f"     {'finish (artifacts + ops into the spool), s':<48}{on['finish_wall']:>8.3f}")
+    print(f"     {'driver: create_trial_run (not in the trial), s':<48}{on['create']:>8.3f}")
+    print(f"     {'uploader: landed after the trial ended, s':<48}{on['landed']:>8.3f}")
     if "plots" in med:
         both = med["plots"]
-        print(f"   {'whole trial with plots=all, wall (s)':<38}{off['wall']:>8.3f}"
-              f"{both['wall']:>8.3f}{both['wall'] / off['wall']:>7.3f}x   (finish "
-              f"{both['finish_wall']:.3f} s: two PNGs)")
+        print(f"   {'whole trial with plots=all, wall (s)':<42}{off['wall']:>8.3f}"
+              f"{both['wall']:>8.3f}{both['wall'] / off['wall']:>7.3f}x   (the uploader "
+              f"draws the PNGs: landed {both['landed']:.2f} s after)")
 
 
 def synthetic(steps: int, layers: int) -> list[StepRecord]:
@@ -154,11 +174,8 @@ def landed_batched(study: StudyTracker, records: list[StepRecord], layer_every: 
     start = time.perf_counter()
     for record in records:
         tracker.on_sync([record])
-    tracker.flush()
-    elapsed = time.perf_counter() - start
-    points = tracker.stats.points
-    tracker._stop()  # the run stays RUNNING; only the landing time matters here
-    return elapsed, points
+    tracker.flush(timeout=600)  # the run stays RUNNING; only the landing time matters here
+    return time.perf_counter() - start, tracker.stats.points
 
 
 def landed_naive(study: StudyTracker, records: list[StepRecord]) -> tuple[float, int]:
@@ -195,6 +212,7 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
+        os.environ.setdefault("STABSWEEP_UPLOADER_IDLE_S", "20")
         uri = f"sqlite:///{tmp}/mlflow.db"
         study = StudyTracker.open("bench", {"study": "bench"}, uri, spool_dir=f"{tmp}/spool")
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
@@ -202,20 +220,21 @@ def main() -> None:
 
         rate = store_rate(uri, study.experiment_id)
         print(f"1. SQLite store write rate, log_batch of 1,000 values: {rate:,.0f} values/s\n"
-              f"   values/s a trial sends = steps/s x (2 + layers / layer_every) "
+              f"   values/s a trial sends = steps/s x (3 + layers / layer_every) "
               "(+ a few run-length points)")
         header = "".join(f"{'every ' + str(k):>12}" for k in CADENCES)
         print(f"   {'workload':<24}{'steps/s':>9}{'layers':>7}{header}")
         for label, steps_per_s, layers in workload_rates(60):
-            sent = [steps_per_s * (2 + layers / k) for k in CADENCES]
+            sent = [steps_per_s * (3 + layers / k) for k in CADENCES]
             cells = "".join(f"{v:>8,.0f} {v / rate:>3.0%}" for v in sent)
             print(f"   {label:<24}{steps_per_s:>9,.0f}{layers:>7}{cells}")
         print("   (each cell: values/s, and the share of one store writer it takes); default: "
-              f"every max(25, layers) steps, e.g. {auto_layer_every(16)} for 16 layers\n")
+              f"every max(25, layers) steps, e.g. {auto_layer_every(16)} for 16 layers; plus "
+              "grad_norm/global_log10 every step\n")
 
         print(f"2. one trial with tracking off vs on (default settings: plots only for "
               f"exploded trials; these are stable), {CONFIG}, median of {args.repeats} "
-              "interleaved runs; target ratio <= 1.03x")
+              "interleaved runs; target ratio <= 1.05x")
         compare(study, "deep_mlp", args.steps, args.repeats, plots=True)
         compare(study, "transformer_lm", max(20, args.steps // 3), args.repeats, plots=False)
         print()
