@@ -11,11 +11,11 @@ budget, steps, evaluation cadence (``eval_loss`` every ``report_every`` steps, s
 gets the same intermediate values) and seed (the spec's ``seed`` seeds both TPE and every
 trial's training). Settings:
 
-* ``a``  no pruning: ``pruner: none`` and ``stop_on_explosion: false``: trials run past a
-  detector's verdict (recorded, with its onset) to their last step. A non-finite loss or
-  gradient still ends a trial in every setting: training cannot go on from there (each later
-  update would be skipped or poison the weights), so the baseline is not charged for steps a
-  plain loop would waste on NaNs;
+* ``a``  no pruning: ``pruner: none`` and ``stop_on_explosion: false``: every trial runs to
+  its last step; a detector's verdict is recorded (with its onset), never acted on. That holds
+  for a non-finite loss too: the loop can go on (on CPU the guard skips a non-finite update,
+  so the weights stay as they were) and a plain Optuna objective without a NaN check does go
+  on, so those steps are what no pruning costs. ``b``, ``c`` and ``e`` train the same way;
 * ``b``  Optuna ``MedianPruner`` alone (explosion stopping off), ``n_warmup_steps`` 20;
 * ``c``  Optuna ``HyperbandPruner`` alone (explosion stopping off), ``min_resource`` 20;
 * ``d``  stabsweep's explosion pruning alone (``pruner: none``);
@@ -25,7 +25,7 @@ trial's training). Settings:
   define-by-run space through ``sweeps.space.suggest``) + ``ASHAScheduler`` (``time_attr``
   step, grace 20 steps, ``max_t`` steps, reduction factor 4 (its default)), the trainable
   calling the same ``train()`` and reporting ``eval_loss`` at each evaluation; explosion
-  verdicts are recorded, never acted on (a non-finite loss ends the trial, as in ``a``);
+  verdicts are recorded, never acted on (as in ``a``);
   ``reuse_actors=True`` (Tune's default, False, adds ~1 s per trial; see
   ``orchestration_overhead.py``).
 
@@ -81,6 +81,8 @@ PRUNERS: dict[str, tuple[dict[str, Any], bool]] = {
     "d+median": ({"name": "median", "n_warmup_steps": GRACE}, True),
     "d+p25": ({"name": "percentile", "percentile": 25.0, "n_warmup_steps": GRACE}, True),
     "d+hyperband": ({"name": "hyperband", "min_resource": GRACE}, True),
+    "d+sh": ({"name": "successive_halving", "min_resource": GRACE, "reduction_factor": 4},
+             True),
 }
 RECOMMENDED = "d+median"
 """The slow-trial pruner paired with explosion pruning in setting d' (see the README)."""
@@ -90,11 +92,11 @@ LABELS = {
     "d": "(d) explosion pruning", "d'": f"(d') explosion + {RECOMMENDED[2:]}",
     "e": "(e) Ray Tune + OptunaSearch + ASHA",
     "d+median": "explosion + median", "d+p25": "explosion + percentile 25",
-    "d+hyperband": "explosion + hyperband",
+    "d+hyperband": "explosion + hyperband", "d+sh": "explosion + successive halving",
 }
 SETTINGS = ("a", "b", "c", "d", "d'", "e")
-ALL_SETTINGS = (*SETTINGS, "d+median", "d+p25", "d+hyperband")
-EXPLOSION_PRUNING = {"d", "d'", "d+median", "d+p25", "d+hyperband"}
+ALL_SETTINGS = (*SETTINGS, "d+median", "d+p25", "d+hyperband", "d+sh")
+EXPLOSION_PRUNING = {"d", "d'", "d+median", "d+p25", "d+hyperband", "d+sh"}
 
 
 @dataclass
@@ -194,26 +196,19 @@ def regret(run: Run, study: Any, spec: Any) -> None:
     run.lost_trials = [r.number for r in report.reruns if r.top_k]
 
 
-_REMOTE: Any = None
-
-
-def ray_map(tasks: Sequence[Any]) -> list[Any]:
-    """Reruns as Ray tasks of 1 CPU (2 at a time on this machine), results in order."""
+def ray_map(fn: Any, tasks: Sequence[Any]) -> list[Any]:
+    """``fn`` over the reruns as Ray tasks of 1 CPU (2 at a time here), results in order."""
     import ray
 
-    global _REMOTE
-    if _REMOTE is None:
-        _REMOTE = ray.remote(num_cpus=1)(_rerun)
-    return ray.get([_REMOTE.remote(task) for task in tasks])
+    remote = ray.remote(num_cpus=1)(_one_thread)
+    return ray.get([remote.remote(fn, task) for task in tasks])
 
 
-def _rerun(task: Any) -> Any:
+def _one_thread(fn: Any, task: Any) -> Any:
     import torch
 
-    from sweeps.objective import run_trial
-
-    torch.set_num_threads(1)
-    return run_trial(task)
+    torch.set_num_threads(1)  # as a sweep's 1-CPU worker ran the trial
+    return fn(task)
 
 
 def run_tune(run: Run, spec: Any, tmp: Path) -> None:
@@ -251,8 +246,7 @@ def run_tune(run: Run, spec: Any, tmp: Path) -> None:
             run.exploding += 1
             run.after_onset.append(max(0, steps - 1 - int(verdict_step)))
         value = last.get(METRIC)
-        if (steps >= spec.steps and not last.get("stopped_nonfinite")
-                and value is not None and math.isfinite(value)):
+        if steps >= spec.steps and value is not None and math.isfinite(value):
             full.append((float(value), number))
     if results.errors:
         raise SystemExit(f"Ray Tune: {len(results.errors)} trials raised: {results.errors[0]}")
@@ -278,7 +272,7 @@ def _tune_trainable(config: dict[str, Any], spec_data: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from stability.detectors import default_detector
+    from stability.detectors import detector_for
     from stability.trainer import train
     from sweeps.objective import _VerdictRecorder
     from sweeps.space import config_from_params
@@ -287,7 +281,7 @@ def _tune_trainable(config: dict[str, Any], spec_data: dict[str, Any]) -> None:
     torch.set_num_threads(1)
     spec = parse_spec(spec_data)
     stability_config, workload_args = config_from_params(config, spec)
-    recorder = _VerdictRecorder(default_detector(**spec.detector))
+    recorder = _VerdictRecorder(detector_for(stability_config, spec.detector))
 
     def verdict_step() -> int:
         return -1 if recorder.verdict is None else int(recorder.verdict.step)
@@ -302,8 +296,7 @@ def _tune_trainable(config: dict[str, Any], spec_data: dict[str, Any]) -> None:
                    eval_every=spec.eval_every, report_every=spec.report_every, report=report,
                    detector=recorder, seed=spec.seed, workload_args=workload_args)
     tune.report({METRIC: float(result.final_eval.get(METRIC, math.nan)),
-                 "step": result.steps_run, "verdict_step": verdict_step(),
-                 "stopped_nonfinite": result.verdict is not None})
+                 "step": result.steps_run, "verdict_step": verdict_step()})
 
 
 def one_run(workload: str, setting: str, seed: int, args: argparse.Namespace) -> Run:
@@ -498,12 +491,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="pruning-ray-"))
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no progress tables from Tune
+    import warnings
+
     import optuna
     import ray
     import torch
 
     import stability.trainer  # noqa: F401  (imported before any clock starts)
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(f"{machine()}; {len(args.workloads)} workloads x {len(args.settings)} settings x "

@@ -44,8 +44,9 @@ class TrialTask:
     tracking: Any = None
     """MLflow tracking settings (sweeps.tracking.TrackingSettings) or None."""
     stop_on_explosion: bool = True
-    """False: record the first verdict (and its onset) but train on; a non-finite loss or
-    gradient still stops the trial (every later update would be skipped or poison the weights)."""
+    """False: record the first verdict (and its onset) but train on to the last step, as a
+    loop without explosion pruning would (non-finite updates are still skipped by the guard
+    where it syncs every step, i.e. on CPU)."""
     pruner: Any = None
     """The study's Optuna pruner (picklable), used by the worker's ``should_prune`` when
     ``storage`` is set; None: Optuna's default (MedianPruner), as ``load_study`` gives."""
@@ -194,9 +195,8 @@ def run_trial(task: TrialTask, *, device: str = "cpu", info: dict[str, Any] | No
 
 
 class _VerdictRecorder:
-    """Wraps a detector for ``stop_on_explosion: false``: keeps its first verdict and hides it
-    from the guard, so training goes on; only a non-finite loss or gradient (not an fp16
-    overflow the scaler skips) is passed on as a verdict, which stops the run."""
+    """Wraps a detector for ``stop_on_explosion: false``: keeps its first verdict and hides
+    every verdict from the guard, so training goes on to the last step."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -213,14 +213,6 @@ class _VerdictRecorder:
         verdict = self.inner.observe(step, stats)
         if self.verdict is None:
             self.verdict = verdict
-        nonfinite = getattr(stats, "nonfinite", 0) > 0 or not math.isfinite(stats.loss)
-        if nonfinite and not getattr(stats, "overflow", False):
-            if self.verdict is None:
-                from stability.records import Verdict
-
-                self.verdict = Verdict("nonfinite", step, float(stats.loss), math.inf,
-                                       detector="stop_on_explosion=false")
-            return self.verdict
         return None
 
 

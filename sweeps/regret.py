@@ -2,19 +2,21 @@
 
 Explosion pruning saves steps only if it stops trials that would have ended badly. The check:
 rerun every trial of a finished study that was PRUNED as ``exploded`` to its full step budget,
-with the same params, workload arguments and seed, and with explosion stopping off (the
-verdict is still recorded; a non-finite loss or gradient still ends the run, as it ends any
-run, see ``stop_on_explosion`` in :mod:`sweeps.spec`). A rerun that ran every step and ended
-with a finite objective is *stable*; a stable rerun whose value would rank among the study's
-``top_k`` completed values is a trial the pruning *lost*.
+with the same params, workload arguments, detector and seed, and with explosion stopping off
+(the verdict is still recorded, as ``stop_on_explosion: false`` does). A rerun *ended stable*
+when it ran every step to a finite objective and its training loss over the last report
+interval is finite and below that of the first (median over each): it did not diverge. A
+stable rerun whose value would rank among the study's ``top_k`` completed values is a trial
+the pruning *lost*.
 
     from sweeps.regret import explosion_regret
     report = explosion_regret(study)          # the spec is read from the study's attributes
     print(report.summary())                   # "12 stopped as exploded: 1 would have ended ..."
 
-Reruns run in this process (one after another) unless ``map_tasks`` is given, e.g. a function
-that sends the :class:`~sweeps.objective.TrialTask` list to Ray workers and returns their
-:class:`~sweeps.objective.TrialOutcome` list in the same order.
+Reruns run in this process (one after another) unless ``map_tasks`` is given: called as
+``map_tasks(rerun_trial, tasks)`` like the builtin ``map``, it may run :func:`rerun_trial` on
+each :class:`~sweeps.objective.TrialTask` elsewhere (Ray workers) and returns the
+:class:`RerunOutcome` list in order.
 """
 
 from __future__ import annotations
@@ -25,16 +27,36 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sweeps import keys
-from sweeps.objective import TrialOutcome, TrialTask, run_trial
+from sweeps.objective import TrialTask
 
 if TYPE_CHECKING:
     import optuna
 
     from sweeps.spec import SweepSpec
 
-__all__ = ["RegretReport", "Rerun", "explosion_regret", "rerun_tasks"]
+__all__ = ["RegretReport", "Rerun", "RerunOutcome", "explosion_regret", "rerun_tasks",
+           "rerun_trial"]
 
-TaskMapper = Callable[[Sequence[TrialTask]], Sequence[TrialOutcome]]
+
+@dataclass(frozen=True, slots=True)
+class RerunOutcome:
+    """What :func:`rerun_trial` saw: plain, picklable data."""
+
+    trial_number: int
+    steps_run: int
+    value: float
+    """the objective metric at the end (NaN when the workload does not report it)."""
+    verdict_step: int | None
+    """step of the first detector verdict (None: none fired)."""
+    loss_first: float
+    """median training loss over the first report interval."""
+    loss_last: float
+    """median training loss over the last report interval."""
+    error: str | None = None
+
+
+TaskMapper = Callable[[Callable[[TrialTask], RerunOutcome], Sequence[TrialTask]],
+                      Sequence[RerunOutcome]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +72,14 @@ class Rerun:
     rerun_steps: int
     rerun_value: float | None
     """objective at the end of the rerun (None when it failed)."""
-    rerun_outcome: str
-    """the rerun's outcome: complete, exploded (non-finite, or a non-finite objective), failed."""
+    loss_first: float
+    loss_last: float
+    """median training loss over the rerun's first / last report interval."""
     verdict_step: int | None
     """step at which the detector fired again in the rerun (None: it did not)."""
     stable: bool
-    """the rerun ran every step and ended with a finite objective."""
+    """the rerun ran every step to a finite objective, its last-interval loss finite and below
+    its first-interval loss."""
     rank: int | None
     """1-based rank of the rerun's value among the study's completed values (stable only)."""
     top_k: bool
@@ -147,41 +171,74 @@ def explosion_regret(study: optuna.Study, spec: SweepSpec | None = None, *, top_
         deepcopy=False, states=(TrialState.COMPLETE,))
         if t.value is not None and math.isfinite(t.value)), reverse=not minimize)
     tasks = rerun_tasks(study, spec)
-    outcomes = list(map_tasks(tasks)) if map_tasks is not None else _run_here(
-        tasks, device, threads)
+    outcomes = (list(map_tasks(rerun_trial, tasks)) if map_tasks is not None
+                else _run_here(tasks, device, threads))
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     reruns = []
     for task, outcome in zip(tasks, outcomes, strict=True):
         original = by_number[task.trial_number]
         value = outcome.value
-        stable = (outcome.outcome == keys.COMPLETE and outcome.steps_run >= spec.steps
-                  and value is not None and math.isfinite(value))
+        stable = (outcome.error is None and outcome.steps_run >= spec.steps
+                  and math.isfinite(value) and math.isfinite(outcome.loss_last)
+                  and outcome.loss_last < outcome.loss_first)
         rank = None
         if stable:
             better = sum(1 for v in completed if (v < value if minimize else v > value))
             rank = better + 1
-        verdict = outcome.verdict or {}
         reruns.append(Rerun(
             number=task.trial_number,
             stopped_at=int(original.user_attrs.get(keys.STEPS_RUN, 0) or 0),
             onset_step=original.user_attrs.get(keys.ONSET_STEP),
-            rerun_steps=outcome.steps_run, rerun_value=None if value is None else float(value),
-            rerun_outcome=outcome.outcome, verdict_step=verdict.get("step"),
+            rerun_steps=outcome.steps_run,
+            rerun_value=None if outcome.error is not None else float(value),
+            loss_first=outcome.loss_first, loss_last=outcome.loss_last,
+            verdict_step=outcome.verdict_step,
             stable=stable, rank=rank, top_k=rank is not None and rank <= top_k))
     return RegretReport(study=study.study_name, top_k=top_k,
                         direction=spec.objective.direction, completed=completed,
                         reruns=reruns)
 
 
+def rerun_trial(task: TrialTask, device: str = "cpu") -> RerunOutcome:
+    """Train ``task`` to its last step, recording (not acting on) the detector's verdict."""
+    import numpy as np
+
+    from stability.config import StabilityConfig
+    from stability.detectors import detector_for
+    from stability.trainer import train
+    from sweeps.objective import _VerdictRecorder
+
+    try:
+        config = StabilityConfig.from_dict(task.config)
+        recorder = _VerdictRecorder(detector_for(config, task.detector))
+        result = train(task.workload, config, steps=task.steps, eval_every=task.eval_every,
+                       report_every=task.report_every, detector=recorder, seed=task.seed,
+                       device=device, workload_args=task.workload_args)
+    except Exception as exc:  # the workload raised: not stable, never ranked
+        return RerunOutcome(task.trial_number, 0, math.nan, None, math.nan, math.nan,
+                            error=f"{type(exc).__name__}: {exc}")
+    loss = result.trace["loss"].to_numpy(dtype=np.float64)
+    window = max(1, min(task.report_every, len(loss)))
+
+    def med(values: Any) -> float:
+        return float(np.median(values)) if len(values) else math.nan
+
+    return RerunOutcome(
+        trial_number=task.trial_number, steps_run=result.steps_run,
+        value=float(result.final_eval.get(task.metric, math.nan)),
+        verdict_step=None if recorder.verdict is None else int(recorder.verdict.step),
+        loss_first=med(loss[:window]), loss_last=med(loss[-window:]))
+
+
 def _run_here(tasks: Sequence[TrialTask], device: str, threads: int | None
-              ) -> list[TrialOutcome]:
+              ) -> list[RerunOutcome]:
     import torch
 
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
     try:
-        return [run_trial(task, device=device) for task in tasks]
+        return [rerun_trial(task, device=device) for task in tasks]
     finally:
         torch.set_num_threads(before)
 

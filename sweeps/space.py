@@ -442,4 +442,8 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
         opts.setdefault("min_resource", spec.report_every)
         opts.setdefault("max_resource", spec.steps)
         return optuna.pruners.HyperbandPruner(**opts)
+    if name == "successive_halving":
+        # min_resource "auto" would wait for a completed trial: start at the first report
+        opts.setdefault("min_resource", spec.report_every)
+        return optuna.pruners.SuccessiveHalvingPruner(**opts)
     return optuna.pruners.NopPruner()

@@ -69,6 +69,9 @@ PRUNER_OPTIONS: dict[str, dict[str, tuple[str, float | None]]] = {
                    "n_min_trials": ("int", 1)},
     "hyperband": {"min_resource": ("int", 1), "max_resource": ("int", 1),
                   "reduction_factor": ("int", 2), "bootstrap_count": ("int", 0)},
+    "successive_halving": {"min_resource": ("int", 1), "reduction_factor": ("int", 2),
+                           "min_early_stopping_rate": ("int", 0),
+                           "bootstrap_count": ("int", 0)},
 }
 
 _STUDY_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -197,8 +200,8 @@ class SweepSpec:
     detector: dict[str, float | int] = field(default_factory=dict)
     """overrides of the default explosion detector, ``{"spike.z_threshold": 5.0}``."""
     stop_on_explosion: bool = True
-    """False: a trial runs to its end after a detector fires (the verdict and onset are still
-    recorded; a non-finite loss or gradient still stops it). For baselines and regret reruns."""
+    """False: a trial runs to its last step after a detector fires (the verdict and its onset
+    are still recorded). For no-pruning baselines and regret reruns."""
     source: str = field(default="<spec>", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -508,6 +511,11 @@ def _check_pruner(spec: SweepSpec) -> None:
     if name in ("median", "percentile") and options.get("n_warmup_steps", 0) >= spec.steps:
         raise SpecError("pruner.n_warmup_steps", f"must be < steps ({spec.steps}) or the pruner "
                         f"never acts; got {options['n_warmup_steps']}")
+    if name == "successive_halving" and options.get("min_resource",
+                                                    spec.report_every) >= spec.steps:
+        raise SpecError("pruner.min_resource", f"must be < steps ({spec.steps}) or the pruner "
+                        f"never acts; got {options.get('min_resource', spec.report_every)} "
+                        "(it defaults to report_every)")
     if name == "hyperband":
         low = options.get("min_resource", spec.report_every)
         high = options.get("max_resource", spec.steps)

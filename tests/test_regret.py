@@ -3,8 +3,8 @@
 A false-alarm detector (added to the default composite) fires at step 5 for two chosen learning
 rates, so the study holds two trials stopped as "exploded" that were in fact stable: one good
 (it would rank 2nd of the study) and one poor (it would rank last). A third trial really
-explodes (lr 3: non-finite within a few steps). Regret must rerun all three to the end and
-count exactly one lost top-3 trial.
+explodes (lr 3). Regret must rerun all three to the end, find the first two stable and the
+third not, and count exactly one lost top-3 trial.
 """
 
 from __future__ import annotations
@@ -43,15 +43,15 @@ class FalseAlarm(Detector):
 
 @pytest.fixture()
 def false_alarms(monkeypatch: pytest.MonkeyPatch) -> None:
-    """run_trial imports default_detector at call time: wrap the real one with the alarm."""
+    """run_trial imports detector_for at call time: wrap the real one with the alarm."""
     import stability.detectors as detectors
 
-    real = detectors.default_detector
+    real = detectors.detector_for
 
     def with_alarm(*args: Any, **kwargs: Any) -> CompositeDetector:
         return CompositeDetector([*real(*args, **kwargs).detectors, FalseAlarm()])
 
-    monkeypatch.setattr(detectors, "default_detector", with_alarm)
+    monkeypatch.setattr(detectors, "detector_for", with_alarm)
 
 
 def tiny_spec(study: str = "regret", **overrides: Any) -> Any:
@@ -117,10 +117,11 @@ def test_regret_counts_the_stable_top3_trial_explosion_pruning_lost(false_alarms
              for trials_lr, t in trials.items() if t.number == r.number}
     good, poor, real = by_lr[0.01], by_lr[0.3], by_lr[3.0]
     assert good.stable and good.rerun_steps == STEPS and good.verdict_step == FALSE_ALARM_STEP
+    assert good.loss_last < good.loss_first
     assert good.rank is not None and good.rank <= 3 and good.top_k
     assert poor.stable and poor.rank == 4 and not poor.top_k
-    assert not real.stable and real.rerun_outcome == keys.EXPLODED and not real.top_k
-    assert real.rerun_steps < STEPS
+    assert not real.stable and not real.top_k and real.rerun_steps == STEPS
+    assert not real.loss_last < real.loss_first  # diverged (or non-finite)
     assert (report.n_stopped, report.n_stable, report.n_lost) == (3, 2, 1)
     assert "1 would rank in the top 3" in report.summary()
     assert explosion_regret(study, top_k=4).n_lost == 2  # the poor one ranks exactly 4th
@@ -130,9 +131,9 @@ def test_regret_runs_reruns_through_map_tasks(false_alarms: None) -> None:
     study = run_study(tiny_spec())
     seen: list[TrialTask] = []
 
-    def mapper(tasks: Any) -> list[Any]:
+    def mapper(fn: Any, tasks: Any) -> list[Any]:
         seen.extend(tasks)
-        return [run_trial(task) for task in tasks]
+        return [fn(task) for task in tasks]
 
     report = explosion_regret(study, map_tasks=mapper)
     assert report.n_lost == 1
@@ -151,9 +152,9 @@ def test_stop_on_explosion_false_runs_on_and_records_the_onset(false_alarms: Non
     assert ran_on.verdict is not None and ran_on.verdict["step"] == FALSE_ALARM_STEP
     attrs = ran_on.user_attrs()
     assert attrs[keys.ONSET_STEP] is not None and attrs[keys.ONSET_STEP] <= FALSE_ALARM_STEP
-    # a non-finite loss still ends a no-stop run: training cannot go on from there
+    # no stop even when the run blows up: it trains (uselessly) to its last step
     blown = run_trial(task_for(spec, 1, {"optimizer": "sgd", "lr": 3.0}, args))
-    assert blown.outcome == keys.EXPLODED and blown.steps_run < STEPS
+    assert blown.steps_run == STEPS and blown.verdict is not None
 
 
 def test_stop_on_explosion_spec_key() -> None:
@@ -165,3 +166,14 @@ def test_stop_on_explosion_spec_key() -> None:
     assert off.space_signature() == tiny_spec().space_signature()
     with pytest.raises(SpecError, match="stop_on_explosion"):
         tiny_spec(stop_on_explosion="no")
+
+
+def test_successive_halving_pruner_from_the_spec() -> None:
+    from sweeps.space import make_pruner
+
+    spec = tiny_spec(pruner={"name": "successive_halving", "reduction_factor": 3})
+    pruner = make_pruner(spec)
+    assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
+    assert pruner._min_resource == spec.report_every  # not "auto": acts before any completes
+    with pytest.raises(SpecError, match="pruner.min_resource"):
+        tiny_spec(pruner={"name": "successive_halving", "min_resource": STEPS})
