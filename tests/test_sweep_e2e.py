@@ -146,7 +146,7 @@ def _wait_for_finished(workdir, study, n, timeout=120.0):
                 s = load(workdir, study)
                 if sum(t.state.name in ("COMPLETE", "PRUNED") for t in s.trials) >= n:
                     return
-            except KeyError:
+            except Exception:  # no study yet, or the driver is still creating the tables
                 pass
         time.sleep(0.5)
     raise AssertionError(f"{n} trials did not finish in {timeout} s")
