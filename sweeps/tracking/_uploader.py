@@ -7,6 +7,9 @@ It never runs in a trial's process, so the MLflow client's Python work does not 
 training for the GIL. While the store is down it retries every few seconds; the operations stay
 in the spool, where the driver's end-of-sweep sync or ``stabsweep sync`` also finds them.
 
+It runs at a lower CPU priority (nice 10): on a host whose cores the trials keep busy, the
+store's work waits for idle CPU instead of slowing them down.
+
 Started by :func:`ensure_uploader` (the driver at ``StudyTracker.open``, any worker's first
 TrialTracker); a lock file keeps it to one per folder; it exits after ``_IDLE_S`` seconds with
 nothing to send, or when its folder is removed.
@@ -150,6 +153,8 @@ def run(spool_dir: str | Path, tracking_uri: str) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return  # another uploader has the folder
+    with contextlib.suppress(OSError):
+        os.nice(10)  # CPU the trials leave idle: on a busy host the trials come first
     sink = Sink(tracking_uri, folder, name=f"uploader-{os.getpid()}")
     label = redact(tracking_uri)
     tails: dict[Path, _Tail] = {}
