@@ -135,9 +135,11 @@ def run_sweep(spec: SweepSpec, options: RunOptions | None = None,
 
 
 def preflight(spec: SweepSpec, options: RunOptions | None = None) -> None:
-    """Build the workload, its model and one evaluation in the driver, and check the tracking
-    store answers: a bad workload, an objective metric the workload does not report, or an
-    unreachable MLflow server fails here, before any storage or run is created."""
+    """Build the workload, its model and one evaluation in the driver, build it again with
+    every other value the space gives a workload argument, and check the tracking store
+    answers: a bad workload, a searched argument value its factory refuses (SpecError naming
+    the field), an objective metric the workload does not report, or an unreachable MLflow
+    server fails here, before any storage or run is created."""
     from stability.workloads import WorkloadError, load_workload
 
     base, variants = workload_arg_values(spec)
