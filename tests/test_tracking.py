@@ -577,3 +577,17 @@ def test_locked_database_is_retried_not_dropped(tmp_path: Path) -> None:
     sink.lock_wait_s = 0.0  # a lock that outlasts the wait: the caller spools the operation
     with pytest.raises(sink_module.TrackingUnavailable, match="stayed locked for 0 s"):
         sink._retry_locked(always_locked)
+
+
+def test_stabsweep_ui_prints_the_study_url(study: StudyTracker,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from sweeps import cli
+
+    console = Console(record=True, width=400)
+    monkeypatch.setattr(cli, "console", console)
+    cli._print_study_urls(study.sink.uri, "http://127.0.0.1:5000")
+    text = console.export_text()
+    assert f"tiny: {study.ui_url('http://127.0.0.1:5000')}" in text
+    assert "viewStateShareKey=stabsweep" in text and "workflowType=machine_learning" in text
