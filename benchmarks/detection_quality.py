@@ -441,6 +441,7 @@ def _med(values: list[int]) -> str:
 
 # ---------------------------------------------------------------------------- tuning
 GRID: dict[str, dict[str, Sequence[Any]]] = {
+    "nonfinite": {"max_overflow_streak": (12, 32)},
     "ceiling": {"ratio": (1e2, 1e3, 1e4, 1e5)},
     "spike": {"z_threshold": (4.0, 6.0, 8.0), "patience": (3, 5), "min_ratio": (2.0, 5.0)},
     "median_ratio": {"ratio": (10.0, 20.0, 50.0), "patience": (3, 5)},

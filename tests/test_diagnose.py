@@ -114,16 +114,16 @@ def test_healthy_trace() -> None:
 
 
 def test_fp16_many_overflows_suggests_bf16_first() -> None:
-    n = 292  # the guard stops at the verdict
+    n = 312  # the guard stops at the verdict
     rng = np.random.default_rng(2)
     layers = np.array([0.2, 0.3, 0.4, 0.5]) * np.exp(rng.normal(0, 0.2, (n, 4)))
     overflow = np.zeros(n, dtype=bool)
     overflow[::7] = True  # 43 back-offs...
-    overflow[280:292] = True  # ...then twelve in a row
+    overflow[280:312] = True  # ...then 32 in a row
     layers[overflow, 1] = np.inf
     trace = make_trace(n, layers, np.full(n, 0.5), overflow=overflow, amp_scale=1024.0)
-    diag = diagnose(trace)  # replayed: overflow_streak at step 291
-    assert (diag.verdict_kind, diag.verdict_step) == ("overflow_streak", 291)
+    diag = diagnose(trace)  # replayed: overflow_streak at step 311
+    assert (diag.verdict_kind, diag.verdict_step) == ("overflow_streak", 311)
     assert diag.overflow_count == int(overflow.sum())
     assert diag.suggestions[0].intervention == "precision"
     assert diag.suggestions[0].changes == {"precision": "bf16"}

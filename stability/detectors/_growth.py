@@ -23,7 +23,7 @@ class GrowthDetector(Detector):
 
     kind = "growth"
 
-    def __init__(self, window: int = 20, min_slope: float = 0.1, min_ratio: float = 30.0,
+    def __init__(self, window: int = 20, min_slope: float = 0.1, min_ratio: float = 100.0,
                  patience: int = 3, warmup: int = 32) -> None:
         self.window = _number(self, "window", window, integer=True, minimum=3)
         self.min_slope = _number(self, "min_slope", min_slope, above=0)

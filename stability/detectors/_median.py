@@ -20,7 +20,7 @@ class MedianRatioDetector(Detector):
 
     kind = "median_ratio"
 
-    def __init__(self, window: int = 64, ratio: float = 10.0, patience: int = 3,
+    def __init__(self, window: int = 64, ratio: float = 10.0, patience: int = 5,
                  warmup: int = 32) -> None:
         self.window = _number(self, "window", window, integer=True, minimum=3)
         self.ratio = _number(self, "ratio", ratio, above=1.0)

@@ -14,7 +14,9 @@ class NonFiniteDetector(Detector):
     An overflowed step (``stats.overflow``: the *scaled* gradients overflowed) is expected
     under dynamic loss scaling and only counted; ``max_overflow_streak`` overflowed steps in a
     row mean the scale cannot recover (the values themselves are out of range) and give an
-    ``overflow_streak`` verdict. A non-finite *loss* is a verdict even on an overflowed step:
+    ``overflow_streak`` verdict. Each overflow halves the scale, so the streak is how far the
+    scale had to fall: 32 allows a loss 2^20 above what the initial scale of 2^16 suits (a
+    sum-reduced or statically scaled loss backs off 20-30 times at its first steps). A non-finite *loss* is a verdict even on an overflowed step:
     the forward pass itself overflowed, which no loss scale can undo.
     A ``nonfinite`` verdict's value is the number of non-finite gradient tensors (at least 1,
     for a non-finite loss alone) against a threshold of 0.
@@ -26,7 +28,7 @@ class NonFiniteDetector(Detector):
 
     kind = "nonfinite"
 
-    def __init__(self, max_overflow_streak: int = 12, stop_on_grads: bool = True) -> None:
+    def __init__(self, max_overflow_streak: int = 32, stop_on_grads: bool = True) -> None:
         self.max_overflow_streak = _number(self, "max_overflow_streak", max_overflow_streak,
                                            integer=True, minimum=1)
         self.stop_on_grads = bool(stop_on_grads)

@@ -22,7 +22,7 @@ class ZScoreSpikeDetector(Detector):
     kind = "spike"
 
     def __init__(self, alpha: float = 0.97, z_threshold: float = 4.0, warmup: int = 25,
-                 patience: int = 3, min_ratio: float = 2.0) -> None:
+                 patience: int = 3, min_ratio: float = 5.0) -> None:
         self.alpha = _number(self, "alpha", alpha, above=0.0, below=1.0)
         self.z_threshold = _number(self, "z_threshold", z_threshold, above=0)
         self.warmup = _number(self, "warmup", warmup, integer=True, minimum=2)
