@@ -28,7 +28,7 @@ INIT_SCHEMES = (
 )
 SCHEDULES = ("constant", "cosine", "linear")
 OPTIMIZERS = ("sgd", "sgd_nesterov", "adam", "adamw")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "fp16_noscale")
 SPIKE_POLICIES = ("skip", "stop")
 
 

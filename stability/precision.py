@@ -1,4 +1,6 @@
-"""Numeric precision: fp32, bf16 autocast, fp16 autocast with dynamic loss scaling.
+"""Numeric precision: fp32, bf16 autocast, fp16 autocast with dynamic loss scaling, and
+``fp16_noscale`` (fp16 autocast without loss scaling: small gradients underflow to zero and an
+overflow is not skipped by a scaler; for reproducing Micikevicius et al. 2018, not for use).
 
 The guard runs the model's forward under autocast by hooking the model itself, so a user's loop
 needs no ``with`` block; the loss (computed outside the model) stays in fp32. fp16 uses
@@ -16,7 +18,7 @@ from torch.utils.hooks import RemovableHandle
 
 from stability.config import StabilityConfig
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp16_noscale": torch.float16}
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -63,7 +65,7 @@ class AutocastHooks:
 
 
 def make_grad_scaler(config: StabilityConfig, device_type: str) -> torch.amp.GradScaler | None:
-    """A GradScaler for fp16, None otherwise."""
+    """A GradScaler for fp16, None otherwise (``fp16_noscale`` included: it has none)."""
     if config.precision != "fp16":
         return None
     return torch.amp.GradScaler(
