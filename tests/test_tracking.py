@@ -30,7 +30,6 @@ from sweeps.tracking import (
     sync_spool,
 )
 from sweeps.tracking import _sink as sink_module
-from sweeps.tracking import _trial as trial_module
 from sweeps.tracking._series import RunLength, TraceEncoder, metric_key
 
 REPO = Path(__file__).resolve().parents[1]

@@ -31,6 +31,8 @@ def main(base_url: str, study: str) -> None:
     url = dict(study_urls(base_url, base_url))[study]
     client = MlflowClient(base_url)
     experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        raise SystemExit(f"no experiment {study!r} in {base_url}")
     exploded = client.search_runs([experiment.experiment_id],
                                   "tags.`stabsweep.exploded` = 'true'")
     run = max(exploded, key=lambda r: int(r.data.tags.get("stabsweep.onset_step", 0)))

@@ -258,7 +258,8 @@ class StudyTracker:
     def _set_view(self, spec: Mapping[str, Any]) -> None:
         """Tag the experiment with the shared view the printed URL opens (and a description
         with that URL, for someone who opens the experiment from the list)."""
-        space = spec.get("space") if isinstance(spec.get("space"), Mapping) else {}
+        space = spec.get("space")
+        space = space if isinstance(space, Mapping) else {}
         state = view_state(self.study_name, *self.objective, [str(k) for k in space])
         try:
             client = self.sink.client
@@ -342,7 +343,8 @@ def study_urls(tracking_uri: str, base_url: str) -> list[tuple[str, str]]:
 
 
 def _objective(spec: Mapping[str, Any]) -> tuple[str, str]:
-    objective = spec.get("objective") if isinstance(spec.get("objective"), Mapping) else {}
+    objective = spec.get("objective")
+    objective = objective if isinstance(objective, Mapping) else {}
     metric = str(objective.get("metric") or "eval_loss")
     direction = str(objective.get("direction") or "minimize").lower()
     return metric, "maximize" if direction.startswith("max") else "minimize"
