@@ -80,11 +80,13 @@ PRUNERS: dict[str, tuple[dict[str, Any], bool]] = {
     "d": ({"name": "none"}, True),
     "d+median": ({"name": "median", "n_warmup_steps": GRACE}, True),
     "d+p25": ({"name": "percentile", "percentile": 25.0, "n_warmup_steps": GRACE}, True),
+    "d+p25s2": ({"name": "percentile", "percentile": 25.0, "n_warmup_steps": GRACE,
+                 "n_startup_trials": 2}, True),
     "d+hyperband": ({"name": "hyperband", "min_resource": GRACE}, True),
     "d+sh": ({"name": "successive_halving", "min_resource": GRACE, "reduction_factor": 4},
              True),
 }
-RECOMMENDED = "d+median"
+RECOMMENDED = "d+p25"
 """The slow-trial pruner paired with explosion pruning in setting d' (see the README)."""
 PRUNERS["d'"] = PRUNERS[RECOMMENDED]
 LABELS = {
@@ -92,11 +94,13 @@ LABELS = {
     "d": "(d) explosion pruning", "d'": f"(d') explosion + {RECOMMENDED[2:]}",
     "e": "(e) Ray Tune + OptunaSearch + ASHA",
     "d+median": "explosion + median", "d+p25": "explosion + percentile 25",
+    "d+p25s2": "explosion + percentile 25, 2 startup",
     "d+hyperband": "explosion + hyperband", "d+sh": "explosion + successive halving",
 }
 SETTINGS = ("a", "b", "c", "d", "d'", "e")
-ALL_SETTINGS = (*SETTINGS, "d+median", "d+p25", "d+hyperband", "d+sh")
-EXPLOSION_PRUNING = {"d", "d'", "d+median", "d+p25", "d+hyperband", "d+sh"}
+CANDIDATES = ("d+median", "d+p25", "d+p25s2", "d+hyperband", "d+sh")
+ALL_SETTINGS = (*SETTINGS, *CANDIDATES)
+EXPLOSION_PRUNING = {"d", "d'", *CANDIDATES}
 
 
 @dataclass

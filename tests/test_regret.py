@@ -175,5 +175,5 @@ def test_successive_halving_pruner_from_the_spec() -> None:
     pruner = make_pruner(spec)
     assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
     assert pruner._min_resource == spec.report_every  # not "auto": acts before any completes
-    with pytest.raises(SpecError, match="pruner.min_resource"):
+    with pytest.raises(SpecError, match=r"pruner\.min_resource"):
         tiny_spec(pruner={"name": "successive_halving", "min_resource": STEPS})
