@@ -173,12 +173,13 @@ def _log_edges(values: np.ndarray, bins: int) -> np.ndarray:
 
 def plot_stability_map(df: pd.DataFrame, path: str | Path, x: str = "lr",
                        y: str = "clip_threshold", exploded: str = "exploded",
-                       title: str | None = None, bins: int = 8) -> Path:
+                       title: str | None = None, bins: int = 8,
+                       none_label: str = "no clip") -> Path:
     """Explosion probability over ``x`` x ``y`` (log-spaced bins), one row per trial.
 
     Each cell shows the exploded fraction (colour) and ``exploded/trials``; trials are drawn
     on top (x = exploded, o = stable). Rows whose ``y`` is NaN (no clipping) form their own
-    "no clip" band at the top.
+    band at the top, labelled ``none_label``.
     """
     _require(df, (x, y, exploded), "stability map data")
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
@@ -240,7 +241,7 @@ def plot_stability_map(df: pd.DataFrame, path: str | Path, x: str = "lr",
     labels = [f"{e:.2g}" for e in y_edges]
     if no_clip:
         ticks.append(rows - 0.5)
-        labels.append("no clip")
+        labels.append(none_label)
         if n_y:
             ax.axhline(n_y, color="black", lw=1.2)
     ax.set_yticks(ticks)
