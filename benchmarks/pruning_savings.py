@@ -91,7 +91,7 @@ RECOMMENDED = "d+p25"
 PRUNERS["d'"] = PRUNERS[RECOMMENDED]
 LABELS = {
     "a": "(a) no pruning", "b": "(b) Optuna MedianPruner", "c": "(c) Optuna HyperbandPruner",
-    "d": "(d) explosion pruning", "d'": f"(d') explosion + {RECOMMENDED[2:]}",
+    "d": "(d) explosion pruning", "d'": "(d') explosion + percentile 25",
     "e": "(e) Ray Tune + OptunaSearch + ASHA",
     "d+median": "explosion + median", "d+p25": "explosion + percentile 25",
     "d+p25s2": "explosion + percentile 25, 2 startup",
