@@ -19,13 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stability import trace as tr
 from stability.config import ConfigError, StabilityConfig
 from stability.records import Verdict
 
-LAYER_PREFIX = "grad_norm/"
-REQUIRED = ("step", "loss", "grad_norm")
-_OPTIONAL: dict[str, Any] = {"lr": 0.0, "clip_coef": 1.0, "clip_threshold": math.nan,
-                             "amp_scale": 1.0, "overflow": False, "nonfinite": 0}
 _HINGE_SPAN = 2000  # steps before the verdict searched for the kink
 _REF_SPAN = 200  # pre-onset steps that define the healthy band
 _LOSS_WINDOW = 50  # steps averaged for loss_before
@@ -126,25 +123,8 @@ def _sig(value: float, digits: int = 3) -> float:
 
 
 # ---------------------------------------------------------------------------- the trace
-def _validated(trace: pd.DataFrame) -> pd.DataFrame:
-    if not isinstance(trace, pd.DataFrame):
-        raise TypeError(f"trace must be a pandas DataFrame; got {type(trace).__name__}.")
-    missing = [c for c in REQUIRED if c not in trace.columns]
-    if missing:
-        raise ValueError(f"trace is missing column {missing[0]!r} (required: "
-                         f"{', '.join(REQUIRED)}); columns present: {list(trace.columns)}.")
-    frame = trace.sort_values("step", kind="stable").reset_index(drop=True)
-    for name, default in _OPTIONAL.items():
-        if name not in frame.columns:
-            frame[name] = default
-    frame["overflow"] = frame["overflow"].fillna(False).astype(bool)
-    frame["nonfinite"] = frame["nonfinite"].fillna(0).astype(np.int64)
-    return frame
-
-
-def layer_columns(trace: pd.DataFrame) -> list[str]:
-    """The ``grad_norm/<layer>`` columns, in layer order."""
-    return [c for c in trace.columns if str(c).startswith(LAYER_PREFIX)]
+_validated = tr.validated
+layer_columns = tr.layer_columns
 
 
 def _log(values: np.ndarray) -> np.ndarray:
@@ -254,7 +234,7 @@ def _first_layer(frame: pd.DataFrame, layers: list[str], skip: np.ndarray, onset
         rise = logs[i] - med if np.isfinite(logs[i]) else math.inf
         key = (i, -rise)
         if best is None or key < best:
-            best, name = key, col[len(LAYER_PREFIX):]
+            best, name = key, col.removeprefix(tr.LAYER_PREFIX)
     return name
 
 
@@ -269,14 +249,14 @@ def _largest_rise(frame: pd.DataFrame, layers: list[str], onset: int, v: int) ->
     bad = ~np.isfinite(values)
     if bad.any():
         row = int(np.flatnonzero(bad.any(axis=1))[0])
-        return layers[int(np.flatnonzero(bad[row])[0])][len(LAYER_PREFIX):]
+        return layers[int(np.flatnonzero(bad[row])[0])].removeprefix(tr.LAYER_PREFIX)
     logs = np.log(np.maximum(values, 1e-30))
     lo = max(0, onset - _REF_SPAN)
     ref = np.median(logs[lo:onset], axis=0) if onset > lo else logs[0]
     rise = logs[-1] - ref
     if v == 0 or not np.isfinite(rise).any() or np.nanmax(rise) <= 0:
-        return layers[int(np.argmax(logs[-1]))][len(LAYER_PREFIX):]
-    return layers[int(np.nanargmax(rise))][len(LAYER_PREFIX):]
+        return layers[int(np.argmax(logs[-1]))].removeprefix(tr.LAYER_PREFIX)
+    return layers[int(np.nanargmax(rise))].removeprefix(tr.LAYER_PREFIX)
 
 
 # ---------------------------------------------------------------------------- diagnose
@@ -413,7 +393,7 @@ def suggest(diag: Diagnosis, frame: pd.DataFrame, config: StabilityConfig | None
         ranked.append((88 if tight_clip or no_growth else 50, Suggestion(
             "lr", f"lower the lr to {lower:g} (onset at lr {lr:.3g})", {"lr": lower})))
     if layer is not None and cfg.init == "default":
-        names = [c[len(LAYER_PREFIX):] for c in layer_columns(frame)]
+        names = [tr.layer_of(c) for c in layer_columns(frame)]
         lowered = layer.lower()
         if any(key in lowered for key in ("rnn", "lstm", "gru", "recurr")):
             ranked.append((70, Suggestion(

@@ -105,7 +105,7 @@ class StabilityGuard:
         self.on_sync = on_sync
 
         self.layer_names = tuple(self.monitor.layer_names)
-        self.columns = tr.ROW + tr.layer_columns(self.layer_names)
+        self.columns = tr.ROW + tr.columns_for(self.layer_names)
         self._buffer = torch.zeros(sync_every, len(self.columns), device=self.device)
         self._one = torch.ones((), device=self.device)
         self._lr_constant = config.schedule == "constant" and config.warmup_steps == 0

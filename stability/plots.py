@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from stability import trace as tr
 from stability.records import Verdict
 
 if TYPE_CHECKING:
     from stability.diagnose import Diagnosis
 
-LAYER_PREFIX = "grad_norm/"
 _MAX_COLUMNS = 2000  # heat-map steps are max-pooled down to this many columns
 
 
@@ -126,15 +126,15 @@ def plot_layer_heatmap(trace: pd.DataFrame, path: str | Path, title: str | None 
                        ) -> Path:
     """Layers x steps, log-scale colour; NaN / inf cells in red, zero norms in black."""
     _require(trace, ("step",), "trace")
-    columns = [c for c in trace.columns if str(c).startswith(LAYER_PREFIX)]
+    columns = tr.layer_columns(trace)
     if not columns:
-        raise ValueError(f"trace has no per-layer columns named '{LAYER_PREFIX}<layer>'; "
+        raise ValueError(f"trace has no per-layer columns named '{tr.LAYER_PREFIX}<layer>'; "
                          f"columns present: {list(trace.columns)}.")
     plt = _pyplot()
     from matplotlib.colors import LogNorm
     from matplotlib.patches import Patch
 
-    names = [c[len(LAYER_PREFIX):] for c in columns]
+    names = [tr.layer_of(c) for c in columns]
     steps = trace["step"].to_numpy(np.float64)
     matrix, steps = _pool(trace[columns].to_numpy(np.float64).T, steps)
     positive = np.isfinite(matrix) & (matrix > 0)

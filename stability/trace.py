@@ -10,6 +10,10 @@ names and the row layout of the guard's device buffer, so no other file spells t
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LAYER_PREFIX = "grad_norm/"
 """prefix of the per-layer norm columns: ``grad_norm/<layer>``."""
@@ -32,7 +36,8 @@ def layer_column(layer: str) -> str:
     return f"{LAYER_PREFIX}{layer}"
 
 
-def layer_columns(names: Iterable[str]) -> tuple[str, ...]:
+def columns_for(names: Iterable[str]) -> tuple[str, ...]:
+    """The per-layer column names for these layers."""
     return tuple(layer_column(n) for n in names)
 
 
@@ -51,3 +56,29 @@ def check_columns(columns: Sequence[object]) -> None:
     if missing:
         raise ValueError(f"trace is missing column {missing[0]!r} (required: "
                          f"{', '.join(REQUIRED)}); columns present: {list(columns)}.")
+
+
+def layer_columns(trace: pd.DataFrame) -> list[str]:
+    """The ``grad_norm/<layer>`` columns of a trace, in layer order."""
+    return [str(c) for c in trace.columns if is_layer_column(c)]
+
+
+def validated(trace: pd.DataFrame) -> pd.DataFrame:
+    """A trace sorted by step with every optional column present (defaults filled in).
+
+    Raises TypeError for a non-DataFrame and ValueError naming a missing required column.
+    """
+    import numpy as np
+    import pandas as pd
+
+    if not isinstance(trace, pd.DataFrame):
+        raise TypeError(f"trace must be a pandas DataFrame; got {type(trace).__name__}.")
+    check_columns(list(trace.columns))
+    frame = trace.sort_values("step", kind="stable").reset_index(drop=True)
+    for name, default in DEFAULTS.items():
+        if name not in frame.columns:
+            frame[name] = default
+    frame["overflow"] = frame["overflow"].fillna(False).astype(bool)
+    frame["skipped"] = frame["skipped"].fillna(False).astype(bool)
+    frame["nonfinite"] = frame["nonfinite"].fillna(0).astype(np.int64)
+    return frame

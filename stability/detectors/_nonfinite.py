@@ -16,8 +16,9 @@ class NonFiniteDetector(Detector):
     row mean the scale cannot recover (the values themselves are out of range) and give an
     ``overflow_streak`` verdict. Each overflow halves the scale, so the streak is how far the
     scale had to fall: 32 allows a loss 2^20 above what the initial scale of 2^16 suits (a
-    sum-reduced or statically scaled loss backs off 20-30 times at its first steps). A non-finite *loss* is a verdict even on an overflowed step:
-    the forward pass itself overflowed, which no loss scale can undo.
+    sum-reduced or statically scaled loss backs off 20-30 times at its first steps). A
+    non-finite *loss* is a verdict even on an overflowed step: the forward pass itself
+    overflowed, which no loss scale can undo.
     A ``nonfinite`` verdict's value is the number of non-finite gradient tensors (at least 1,
     for a non-finite loss alone) against a threshold of 0.
 

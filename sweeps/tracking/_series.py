@@ -43,14 +43,15 @@ from typing import Any
 
 import numpy as np
 
+from stability import trace as tr
 from stability.records import StepRecord
 from sweeps.tracking._settings import auto_layer_every
 
 __all__ = ["GLOBAL_KEY", "GLOBAL_LOG10_KEY", "LAYER_KEY_PREFIX", "LAYER_PREFIX", "RunLength",
            "TraceEncoder", "layer_key", "metric_key"]
 
-LAYER_PREFIX = "grad_norm/"
-"""prefix of the per-layer columns of a trace."""
+LAYER_PREFIX = tr.LAYER_PREFIX
+"""prefix of the per-layer columns of a trace (owned by stability.trace)."""
 LAYER_KEY_PREFIX = "grad_norm_log10/"
 """prefix of the per-layer MLflow metrics (log10 of the norm)."""
 GLOBAL_KEY = "grad_norm/global"
@@ -188,9 +189,8 @@ class TraceEncoder:
             out += RunLength("guard/amp_scale").extend(steps, trace["amp_scale"].to_numpy(float),
                                                        ts)
         if window_start is not None:
-            columns = [c for c in trace.columns
-                       if str(c).startswith(LAYER_PREFIX) and c != "grad_norm"]
-            keys = [layer_key(str(c)[len(LAYER_PREFIX):]) for c in columns]
+            columns = tr.layer_columns(trace)
+            keys = [layer_key(tr.layer_of(c)) for c in columns]
             rows = np.flatnonzero(steps >= max(0, window_start))
             values = trace[columns].to_numpy(np.float64) if columns else None
             for row in rows.tolist():

@@ -330,6 +330,7 @@ def render_plots(folder: Path, out: Path, op: dict[str, Any], errors: list[str])
 
     from stability.plots import plot_layer_heatmap, plot_trace
     from stability.records import Verdict
+    from stability.trace import layer_columns
 
     try:
         trace = pd.read_parquet(folder / "trace.parquet")
@@ -343,7 +344,7 @@ def render_plots(folder: Path, out: Path, op: dict[str, Any], errors: list[str])
     jobs = [("grad_norm_trace.png", lambda: plot_trace(
         trace, out / "grad_norm_trace.png", verdict=verdict, diagnosis=diagnosis,  # type: ignore[arg-type]
         title=op.get("title")))]
-    if any(str(c).startswith("grad_norm/") for c in trace.columns):
+    if layer_columns(trace):
         jobs.append(("layer_heatmap.png", lambda: plot_layer_heatmap(
             trace, out / "layer_heatmap.png",
             title=f"trial {op.get('trial')}: per-layer gradient norm")))
