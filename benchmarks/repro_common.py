@@ -98,13 +98,13 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def mean_sd(values: Sequence[float]) -> str:
+def mean_sd(values: Sequence[float], decimals: int = 3) -> str:
     vals = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
     if not vals:
         return "-"
     if len(vals) == 1:
-        return f"{vals[0]:.3f}"
-    return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+        return f"{vals[0]:.{decimals}f}"
+    return f"{statistics.mean(vals):.{decimals}f} ± {statistics.stdev(vals):.{decimals}f}"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

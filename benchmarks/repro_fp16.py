@@ -55,10 +55,10 @@ def main() -> None:
              "loss": done["eval_eval_loss"].astype(float).tolist(),
              "overflow": cell["overflow_count"].astype(float).tolist()}
         stats[prec] = s
-        rows.append([LABELS[prec], f"{len(done)}/{len(cell)}", mean_sd(s["zero"]),
+        rows.append([LABELS[prec], f"{len(done)}/{len(cell)}", _pct(s["zero"]),
                      f"{statistics.mean(s['overflow']):g}" if s["overflow"] else "-",
-                     mean_sd(s["loss"])])
-    table = markdown_table(["precision", "completed", "zero (underflowed) gradient fraction",
+                     mean_sd(s["loss"], 4)])
+    table = markdown_table(["precision", "completed", "zero (underflowed) gradient entries",
                             "skipped overflow steps (mean)", "final eval loss (MSE / var)"],
                            rows)
 
@@ -115,6 +115,14 @@ Result: final eval loss of bf16 is {within_spread('bf16')}; of fp16 with loss sc
     print(text)
     write_block("fp16", text)
     print(f"wrote {png} and {RESULTS / 'fp16.md'}")
+
+
+def _pct(values: list[float]) -> str:
+    """Mean ± sd as percentages, 3 significant digits (underflow in scaled fp16 is tiny)."""
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
+    return f"{statistics.mean(values) * 100:.3g} % ± {sd:.2g}"
 
 
 def _pyplot():  # type: ignore[no-untyped-def]

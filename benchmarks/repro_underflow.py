@@ -76,8 +76,10 @@ class UnderflowRegression:
         torch.manual_seed(self.seed)
         student = _mlp(IN_DIM, self.width, self.depth, OUT_DIM).to(self.device)
         with torch.no_grad():  # start at the target's scale, as a sensible init would
-            student[-1].weight.mul_(self.target_scale)
-            student[-1].bias.mul_(self.target_scale)
+            head = student[-1]
+            assert isinstance(head, nn.Linear)
+            head.weight.mul_(self.target_scale)
+            head.bias.mul_(self.target_scale)
         for p in student.parameters():
             p.register_post_accumulate_grad_hook(self._count)
         return student

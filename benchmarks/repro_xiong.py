@@ -31,6 +31,8 @@ from repro_common import (
 
 SPEC = ROOT / "examples" / "repro_xiong_warmup.yaml"
 STALL_LOSS = 2.85
+MAPS = ("| post-LN | pre-LN |\n|---|---|\n| ![post-LN map](benchmarks/results/xiong_map_post.png) "
+        "| ![pre-LN map](benchmarks/results/xiong_map_pre.png) |")
 
 
 def main() -> None:
@@ -121,9 +123,7 @@ Best cell of each norm (among cells where every seed trained):
 
 {best_table}
 
-| post-LN | pre-LN |
-|---|---|
-| ![post-LN map](benchmarks/results/xiong_map_post.png) | ![pre-LN map](benchmarks/results/xiong_map_pre.png) |
+{MAPS}
 
 Result: best post-LN: {said(post)}; best pre-LN: {said(pre)}.
 
