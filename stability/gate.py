@@ -7,6 +7,9 @@ to keep a bad update out of the weights. :class:`SkipGate` decides on the device
 than ``z_threshold`` standard deviations and at least ``min_ratio`` (ZClip's z-score, OLMo-core's
 skip-step rule). Everything is a 0-d tensor op; the optimizer takes the decision as its
 ``found_inf`` (torch's fused SGD / Adam / AdamW skip the update on device, as under AMP).
+Where the guard reads every step on the host anyway (``sync_every=1``, the CPU default),
+:meth:`SkipGate.decide_host` makes the same decision on the step's host values instead: the
+same arithmetic on Python floats, without the ~20 tensor ops.
 
 The statistics live in log space, so multiplying every norm by a constant shifts the mean and
 leaves every decision unchanged (scale-free). A skipped spike updates the EMA with the clamped
@@ -44,6 +47,7 @@ class SkipGate:
         self._mean = zero.clone()
         self._var = zero.clone()  # Welford M2 during the warm-up, the EMA variance after
         self._steps = 0  # host counter: the phase is known without looking at the device
+        self._host = [0.0, 0.0, 0.0]  # count, mean, var of decide_host
 
     def __call__(self, loss: Tensor, norm: Tensor, nonfinite: Tensor) -> Tensor:
         """A 0-d bool tensor: True when this step's update must not be applied."""
@@ -72,3 +76,28 @@ class SkipGate:
         self._mean.add_(dev, alpha=1.0 - a)
         self._var.addcmul_(dev, dev, value=1.0 - a).mul_(a)
         return bad | spike
+
+    def decide_host(self, loss: float, norm: float) -> bool:
+        """:meth:`__call__` on host values (the state is kept apart from the device one)."""
+        bad = not math.isfinite(loss + norm)
+        if not self.spikes:
+            return bad
+        self._steps += 1
+        count, mean, var = self._host
+        y = mean if bad else math.log(max(norm, 1e-300))
+        if self._steps <= self.warmup:
+            count += not bad
+            delta = y - mean
+            mean += delta / max(count, 1.0)
+            var += delta * (y - mean)
+            if self._steps == self.warmup:
+                var /= max(count, 1.0)
+            self._host = [count, mean, var]
+            return bad
+        limit = max(math.sqrt(max(var, 0.0)) * self.z_threshold, self._log_min_ratio)
+        dev = y - mean
+        spike = dev > limit
+        dev = min(dev, limit)
+        a = self.alpha
+        self._host = [count, mean + (1.0 - a) * dev, a * (var + (1.0 - a) * dev * dev)]
+        return bad or spike

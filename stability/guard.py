@@ -96,11 +96,13 @@ class StabilityGuard:
         # update on device; any other optimizer needs the decision on the host (one sync).
         self._found_inf_step = bool(getattr(self.optimizer, "_step_supports_amp_scaling",
                                             False))
+        # Synced every step: the host decides from the step's row, no device ops needed.
         if sync_every is None:
             sync_every = 1 if self.device.type == "cpu" else 10
         if sync_every < 1:
             raise ValueError(f"sync_every must be >= 1; got {sync_every}.")
         self.sync_every = sync_every
+        self._host_gate = sync_every == 1
         self.stop_on_verdict = stop_on_verdict
         self.on_sync = on_sync
 
@@ -180,7 +182,8 @@ class StabilityGuard:
         if self.config.grad_standardize and self.monitor.last_index is not None:
             stats = standardize_grads(grads, stats, self.monitor.last_index)
         raw_norm = stats.global_norm
-        skip = self.gate(loss, raw_norm, stats.nonfinite)
+        # the skip decision: on device, or on the host at this step's sync (see sync())
+        skip = self._zero if self._host_gate else self.gate(loss, raw_norm, stats.nonfinite)
         clip = self.clipper(self.monitor.params, grads, stats)
         # Let go of this step's gradient tensors: held until the next measure(), they keep
         # the allocator from reusing their memory in the next backward (transformer_lm on
@@ -206,6 +209,9 @@ class StabilityGuard:
         if self.verdict is not None and self.stop_on_verdict:
             self.optimizer.zero_grad(set_to_none=True)
             return
+        if self._host_gate:
+            record = self.last_record
+            skip = self._one if record is not None and record.skipped else self._zero
         self._apply(skip)
         self.optimizer.zero_grad(set_to_none=True)
         if self._lr_constant:
@@ -258,6 +264,9 @@ class StabilityGuard:
                 nonfinite=int(values[col["nonfinite"]]),
                 skipped=bool(values[col["skipped"]]),
             )
+            if self._host_gate:
+                record.skipped = self.gate.decide_host(record.loss, record.global_norm)
+                block[i, col["skipped"]] = record.skipped
             records.append(record)
             self.overflow_count += int(record.overflow)
             self.skipped_count += int(record.skipped)

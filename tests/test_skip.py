@@ -183,10 +183,17 @@ def test_skip_gate_decisions_are_unchanged_when_the_loss_is_scaled(traces) -> No
                                  torch.tensor(0))))
         return out
 
+    def on_host(trace: pd.DataFrame, c: float) -> list[bool]:
+        gate = SkipGate(torch.device("cpu"), spikes=True)
+        return [gate.decide_host(float(loss), float(np.float32(norm)))
+                for loss, norm in zip(trace["loss"] * c, trace["grad_norm"] * c, strict=True)]
+
     for trace in traces:
         expected = decisions(trace, 1.0)
+        assert on_host(trace, 1.0) == expected  # the host path (sync every step) agrees
         for c in CONSTANTS:
             assert decisions(trace, c) == expected, c
+            assert on_host(trace, c) == expected, c
     assert any(any(decisions(t, 1.0)) for t in traces)  # the gate did fire somewhere
 
 
