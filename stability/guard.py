@@ -209,10 +209,11 @@ class StabilityGuard:
         if self.verdict is not None and self.stop_on_verdict:
             self.optimizer.zero_grad(set_to_none=True)
             return
-        if self._host_gate:
+        if self._host_gate:  # decided at this step's sync: a plain step, or none
             record = self.last_record
-            skip = self._one if record is not None and record.skipped else self._zero
-        self._apply(skip)
+            self._apply(record is not None and record.skipped)
+        else:
+            self._apply(skip)
         self.optimizer.zero_grad(set_to_none=True)
         if self._lr_constant:
             return  # constant lr, no warm-up: LambdaLR would only redo the same Python work
@@ -224,9 +225,11 @@ class StabilityGuard:
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
 
-    def _apply(self, skip: Tensor) -> None:
-        """optimizer.step unless ``skip``; the loss scale is updated either way (fp16)."""
-        if self._found_inf_step:
+    def _apply(self, skip: Tensor | bool) -> None:
+        """optimizer.step unless ``skip``; the loss scale is updated either way (fp16).
+
+        ``skip`` is a host bool when the host decided it, else a device tensor."""
+        if isinstance(skip, Tensor) and self._found_inf_step:
             # The gradients are already unscaled: the optimizer reads only found_inf.
             opt: Any = self.optimizer
             opt.grad_scale, opt.found_inf = None, skip.float()
@@ -234,7 +237,7 @@ class StabilityGuard:
                 opt.step()
             finally:
                 del opt.grad_scale, opt.found_inf
-        elif not bool(skip):  # a host sync: only optimizers that cannot skip on device
+        elif not bool(skip):  # on the host already, or a sync for an unfused optimizer
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)
             else:
