@@ -249,6 +249,8 @@ class _Driver:
     def __init__(self, spec: SweepSpec, options: RunOptions, storage: Any,
                  emit: EventHandler) -> None:
         self.spec, self.options, self.storage, self.emit = spec, options, storage, emit
+        self.shared = bool(getattr(storage, "shared", False))
+        """A database server: other drivers may run this study (heartbeats, no lock)."""
         self.pool: Any = None
         self.ray_started = False
         self.reaper: Any = None
@@ -350,7 +352,12 @@ class _Driver:
 
         target = self.spec.n_trials
         finished = self._finished_count()
+        beat = time.perf_counter()
         while finished < target or self.running:
+            if self.shared and time.perf_counter() - beat >= self._heartbeat_s():
+                beat = time.perf_counter()  # our trials live; another dead driver's are retried
+                self.storage.heartbeat([r.trial._trial_id for r in self.running.values()])
+                self._recover_stale(self.study, "its driver stopped (no heartbeat); retried")
             busy = {r.slot for r in self.running.values()}
             for slot in self.pool.idle_ready(busy):
                 if finished + len(self.running) >= target:
@@ -372,6 +379,8 @@ class _Driver:
         from sweeps.space import suggest
 
         trial = self.study.ask()
+        if self.shared:
+            self.storage.heartbeat([trial._trial_id])  # ours, alive
         attempt = int(trial.user_attrs.get(keys.ATTEMPT, 1))
         config, workload_args = suggest(trial, self.spec)
         trial.set_user_attr(keys.CONFIG, config.to_dict())
@@ -509,11 +518,16 @@ class _Driver:
     def _recover_stale(self, study: Any, reason: str = "the sweep stopped before this trial "
                        "finished") -> None:
         """Close trials left RUNNING (by a driver that died, or one interrupted mid-ask) as
-        FAIL (interrupted) and retry their params. We hold the storage lock, so no other
-        driver is running them."""
+        FAIL (interrupted) and retry their params. SQLite: we hold the storage lock, so no
+        other driver is running them. A server storage: only trials whose heartbeat is stale,
+        and only the driver whose FAIL lands first retries one."""
+        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import Trial, TrialState
 
+        stale = set(self.storage.stale_trial_ids(study._study_id)) if self.shared else set()
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if self.shared and frozen._trial_id not in stale:
+                continue  # a live driver's (maybe ours)
             trial = Trial(study, frozen._trial_id)
             trial.set_user_attr(keys.OUTCOME, keys.INTERRUPTED)
             trial.set_user_attr(keys.REASON, reason)
@@ -521,8 +535,13 @@ class _Driver:
             # bound, and never the full budget.
             known = [int(frozen.user_attrs.get(keys.STEPS_RUN) or 0),
                      *(int(step) for step in frozen.intermediate_values)]
-            trial.set_user_attr(keys.STEPS_RUN, min(max(known), self.spec.steps))
-            study.tell(frozen.number, None, state=TrialState.FAIL, skip_if_finished=True)
+            try:
+                trial.set_user_attr(keys.STEPS_RUN, min(max(known), self.spec.steps))
+                if not study._storage.set_trial_state_values(frozen._trial_id,
+                                                             TrialState.FAIL):
+                    continue
+            except UpdateFinishedTrialError:
+                continue  # another driver closed it first, and retries it
             attempt = int(frozen.user_attrs.get(keys.ATTEMPT, 1))
             self._retry(frozen.number, frozen.params, attempt)
             self.emit("recovered", {"trial": frozen.number})
@@ -539,7 +558,14 @@ class _Driver:
         for item in list(self.running.values()):
             self._close_lost(item, keys.INTERRUPTED, "interrupted (Ctrl-C); retried on resume")
         self.running.clear()
-        self._recover_stale(self.study, "interrupted (Ctrl-C); retried on resume")
+        if not self.shared:  # a server's other RUNNING trials may be another driver's
+            self._recover_stale(self.study, "interrupted (Ctrl-C); retried on resume")
+
+    @staticmethod
+    def _heartbeat_s() -> float:
+        from sweeps.storage import HEARTBEAT_S
+
+        return float(HEARTBEAT_S)
 
     # ------------------------------------------------------------------ tracking
     def _open_tracking(self, study: Any) -> None:

@@ -4,7 +4,12 @@
   (Optuna's FAQ: "database is locked"), so the driver is its only user: when workers need the
   study (an Optuna pruner asks ``should_prune`` mid-trial), the driver serves the storage over
   Optuna's gRPC storage proxy and workers connect to that. No shared filesystem is needed.
-* ``--storage postgresql://...`` (or mysql): workers connect to the database directly.
+* ``--storage postgresql://...`` (or mysql): workers connect to the database directly, and
+  several drivers (hosts) may share one study. No file lock can guard it, so the driver records
+  an Optuna heartbeat for each trial it runs (``record_heartbeat``, every ``HEARTBEAT_S``); a
+  trial whose heartbeat is older than ``GRACE_S`` (its driver died) is closed and retried by any
+  driver of the study, at start and while it runs, the role ``RetryFailedTrialCallback`` has in
+  ``optimize()``. Trials of a live driver elsewhere are left alone.
 
 A study file is held by one driver at a time (an advisory lock next to the database), so a
 second ``stabsweep run`` of the same study fails clearly instead of closing the first one's
@@ -16,11 +21,17 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from mlflow_setup.uri import redact
+
+HEARTBEAT_S = max(1, int(os.environ.get("STABSWEEP_HEARTBEAT_S", "10")))
+"""Seconds between a driver's heartbeats for its running trials (server storages only)."""
+GRACE_S = 3 * HEARTBEAT_S
+"""A running trial with no heartbeat for this long belongs to a dead driver."""
 
 
 class StorageError(RuntimeError):
@@ -93,15 +104,39 @@ class StudyStorage:
     def is_sqlite(self) -> bool:
         return self.url.startswith("sqlite")
 
+    @property
+    def shared(self) -> bool:
+        """A database server: other drivers may run this study now (no lock guards it)."""
+        return not self.is_sqlite
+
+    def heartbeat(self, trial_ids: list[int]) -> None:
+        """Tell the study these trials' driver is alive (server storages only)."""
+        if self.shared:
+            for trial_id in trial_ids:
+                self.backend.record_heartbeat(trial_id)
+
+    def stale_trial_ids(self, study_id: int) -> list[int]:
+        """RUNNING trials whose driver stopped beating (server storages only)."""
+        if not self.shared:
+            return []
+        return list(self.backend._get_stale_trial_ids(study_id))
+
     def _open_backend(self) -> Any:
         import optuna
 
         kwargs: dict[str, Any] = {}
+        beat: dict[str, Any] = {}
         if self.is_sqlite:
             # One writer (this process), but the proxy thread and the driver may overlap.
             kwargs = {"connect_args": {"timeout": 60}}
+        else:  # a server: connections dropped by a restart are replaced, not failed
+            kwargs = {"pool_pre_ping": True}
+            beat = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S}
+            # The driver beats for its ask/tell trials itself (see the module docstring).
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+            warnings.filterwarnings("ignore", message=".*heartbeat_interval.* experimental")
         try:
-            rdb = optuna.storages.RDBStorage(self.url, engine_kwargs=kwargs)
+            rdb = optuna.storages.RDBStorage(self.url, engine_kwargs=kwargs, **beat)
         except Exception as exc:  # SQLAlchemy errors vary by backend
             self.close()
             raise StorageError(f"--storage {self.display_url}: cannot open the study storage "
