@@ -6,6 +6,7 @@ mounted in another typer CLI (``main_app.add_typer(app, name="mlflow")``).
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import warnings
@@ -50,6 +51,14 @@ def start(
         ),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = 60.0,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Backend store URI, e.g. postgresql://user:pass@db:5432/mlflow (default: "
+            "sqlite:///<workdir>/mlflow.db); given to the server in its environment, never "
+            "printed unredacted. Defaults to $MLFLOW_BACKEND_STORE_URI when set."
+        ),
+    ] = None,
 ) -> None:
     """Start the server; runs in the foreground until Ctrl-C unless --detach."""
     existing = running_server(workdir)
@@ -69,6 +78,7 @@ def start(
                 workers=workers,
                 timeout=timeout,
                 allowed_hosts=allowed_hosts,
+                backend_store_uri=backend or os.environ.get("MLFLOW_BACKEND_STORE_URI") or None,
             )
         except (ServerStartError, ValueError) as error:
             _fail(str(error))
