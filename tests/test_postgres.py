@@ -145,3 +145,17 @@ def test_a_live_drivers_trial_is_left_alone_a_stale_one_retried_once(tmp_path, p
         assert [e for e in events if e[0] == "recovered"] == [("recovered",
                                                                {"trial": dead.number})]
         assert len([t for t in trials if t.state.name == "WAITING"]) == 1
+
+
+def test_password_from_pgpassword_not_the_url(pg_url, monkeypatch):
+    """The README's way: a URL without the password, libpq reads PGPASSWORD (or ~/.pgpass)."""
+    import optuna
+
+    from sweeps.storage import StudyStorage
+
+    bare = pg_url.replace(f":{PG_PASSWORD}@", "@")
+    assert PG_PASSWORD not in bare
+    monkeypatch.setenv("PGPASSWORD", PG_PASSWORD)
+    with StudyStorage(bare) as storage:
+        optuna.create_study(study_name="p", storage=storage.backend)
+        assert optuna.get_all_study_names(storage.backend) == ["p"]
