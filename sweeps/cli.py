@@ -65,6 +65,10 @@ def run(
     storage_host: Annotated[str, typer.Option(
         help="Host the storage proxy binds to for remote workers (SQLite storage only).")
     ] = "127.0.0.1",
+    detach: Annotated[bool, typer.Option(
+        "--detach", help="Submit the sweep to the Ray cluster as a Ray Job (--ray-address "
+        "http://<head>:8265), print the job id and return; see `stabsweep logs/stop`.")
+    ] = False,
 ) -> None:
     """Run (or resume) a stability sweep."""
     from sweeps.progress import SweepDisplay, summary_table
@@ -84,6 +88,14 @@ def run(
     if cpus_per_trial <= 0 or gpus_per_trial < 0:
         fail(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0; got {cpus_per_trial:g} "
              f"and {gpus_per_trial:g}.")
+    if detach:
+        _submit(spec_path, spec.study if study is None else study, ray_address, {
+            "n_trials": n_trials, "workers": workers, "storage": storage, "study": study,
+            "tracking_uri": tracking_uri or (None if no_tracking
+                                             else os.environ.get("MLFLOW_TRACKING_URI")),
+            "no_tracking": no_tracking, "cpus_per_trial": cpus_per_trial,
+            "gpus_per_trial": gpus_per_trial, "seed": seed, "max_retries": max_retries})
+        return
     if storage_host != "127.0.0.1":
         err_console.print(f"note: the storage proxy will listen on {storage_host}, reachable "
                           "from other machines on that network.")
@@ -112,6 +124,83 @@ def run(
     name = summary.study
     console.print(f"next: stabsweep status {name} | stabsweep report {name} | "
                   f"stabsweep export {name} -o best.yaml", highlight=False)
+
+
+def _submit(spec_path: Path, study: str, address: str | None,
+            options: dict[str, object]) -> None:
+    from mlflow_setup.uri import redact
+    from sweeps.service import ServiceError, has_password, submit
+
+    storage, uri = options["storage"], options["tracking_uri"]
+    if not storage:
+        fail("--detach: give --storage (a database server such as postgresql://user@db/optuna, "
+             "or an absolute sqlite:////path the cluster's head can write): the job's folder "
+             "on the cluster is temporary.")
+    if not options["no_tracking"] and not uri:
+        fail("--detach: give --tracking-uri http://<mlflow server> or --no-tracking: the "
+             "job's folder on the cluster is temporary.")
+    for flag, value in (("--storage", storage), ("--tracking-uri", uri)):
+        if has_password(str(value) if value else None):
+            fail(f"--detach: {flag} {redact(str(value))} holds a password, which Ray would keep "
+                 "with the job (the dashboard shows it). Drop it from the URL and give it to "
+                 "the cluster's nodes (PGPASSWORD or ~/.pgpass where `ray start` runs).")
+    try:
+        job_id = submit(spec_path, address, options, study)
+    except ServiceError as exc:
+        fail(str(exc))
+    console.print(f"submitted job {job_id} (study {study})", highlight=False)
+    where = f" --ray-address {address}" if address else ""
+    console.print(f"follow: stabsweep logs {job_id} --follow{where}\n"
+                  f"status: stabsweep status {study} --storage {redact(str(storage))}\n"
+                  f"stop:   stabsweep stop {job_id}{where}", highlight=False)
+
+
+JobAddress = Annotated[str | None, typer.Option(
+    "--ray-address", envvar="RAY_API_SERVER_ADDRESS",
+    help="The Ray dashboard (Jobs API), default http://127.0.0.1:8265.")]
+
+
+@app.command()
+def logs(
+    job_id: Annotated[str, typer.Argument(metavar="JOB", help="Job id from run --detach.")],
+    ray_address: JobAddress = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until it ends.")
+                      ] = False,
+) -> None:
+    """Print a detached sweep's output (its driver's, on the cluster)."""
+    from sweeps.service import ServiceError
+    from sweeps.service import logs as job_logs
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    try:
+        status = job_logs(job_id, ray_address, follow, write)
+    except ServiceError as exc:
+        fail(str(exc))
+    if follow:
+        err_console.print(f"job {job_id}: {status}", highlight=False)
+        if status != "SUCCEEDED":
+            raise typer.Exit(1)
+
+
+@app.command()
+def stop(
+    job_id: Annotated[str, typer.Argument(metavar="JOB", help="Job id from run --detach.")],
+    ray_address: JobAddress = None,
+) -> None:
+    """Stop a detached sweep: its running trials end as interrupted; submit the spec again
+    to resume the study."""
+    from sweeps.service import ServiceError
+    from sweeps.service import stop as stop_job
+
+    try:
+        status = stop_job(job_id, ray_address)
+    except ServiceError as exc:
+        fail(str(exc))
+    console.print(f"job {job_id}: {status}; running trials were closed as interrupted and are "
+                  "retried when the spec is submitted again.", highlight=False)
 
 
 def _spec_message(exc: Exception) -> str:

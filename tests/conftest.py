@@ -243,6 +243,10 @@ def ray_head() -> Iterator[RayCluster]:
     # Ray 2.60 turns token auth on for `ray start`; our own token, not ~/.ray/auth_token.
     env["RAY_AUTH_MODE"] = "token"
     env["RAY_AUTH_TOKEN"] = uuid.uuid4().hex + uuid.uuid4().hex
+    # Ray started from the environment stabsweep is installed in (jobs run `python -m ...`),
+    # and a stopped job's driver given time to close its trials (Ray's default is 3 s).
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["RAY_JOB_STOP_WAIT_TIME_S"] = "60"
     repo = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in [repo, env.get("PYTHONPATH", "")] if p)
     port, dash = free_port(), free_port()
