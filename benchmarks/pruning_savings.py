@@ -221,7 +221,7 @@ def run_tune(run: Run, spec: Any, tmp: Path) -> None:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from sweeps.space import make_sampler
+    from sweeps.samplers import make_sampler
 
     spec_data = spec.to_dict()
 

@@ -33,7 +33,12 @@ SPIKE_POLICIES = ("skip", "stop")
 
 
 class ConfigError(ValueError):
-    """A configuration value is invalid. The message names the field and the fix."""
+    """A configuration value is invalid. The message names the field and the fix; ``field``
+    is the offending field's name when one field is to blame."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -116,27 +121,29 @@ class StabilityConfig:
             value = getattr(self, name)
             if value not in choices:
                 raise ConfigError(
-                    f"{name} must be one of {', '.join(choices)}; got {value!r}."
+                    f"{name} must be one of {', '.join(choices)}; got {value!r}.", field=name
                 )
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.type in ("float", "int") and isinstance(value, bool):
-                raise ConfigError(f"{f.name} must be a number; got {value!r}.")
+                raise ConfigError(f"{f.name} must be a number; got {value!r}.", field=f.name)
             if f.type == "float":
                 if not isinstance(value, int | float):
-                    raise ConfigError(f"{f.name} must be a number; got {value!r}.")
+                    raise ConfigError(f"{f.name} must be a number; got {value!r}.", field=f.name)
                 value = float(value)
                 setattr(self, f.name, value)
                 if not math.isfinite(value):
-                    raise ConfigError(f"{f.name} must be finite; got {value!r}.")
+                    raise ConfigError(f"{f.name} must be finite; got {value!r}.", field=f.name)
             elif f.type == "int":
                 if isinstance(value, float) and value.is_integer():
                     value = int(value)
                     setattr(self, f.name, value)
                 if not isinstance(value, int):
-                    raise ConfigError(f"{f.name} must be an integer; got {value!r}.")
+                    raise ConfigError(f"{f.name} must be an integer; got {value!r}.",
+                                      field=f.name)
             elif f.type == "bool" and not isinstance(value, bool):
-                raise ConfigError(f"{f.name} must be true or false; got {value!r}.")
+                raise ConfigError(f"{f.name} must be true or false; got {value!r}.",
+                                  field=f.name)
         self._check_ranges()
 
     def _check_ranges(self) -> None:
@@ -144,38 +151,43 @@ class StabilityConfig:
                     "loss_scale_init", "init_std", "init_gain", "zclip_z_threshold")
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0; got {getattr(self, name)!r}.")
+                raise ConfigError(f"{name} must be > 0; got {getattr(self, name)!r}.",
+                                  field=name)
         non_negative = ("warmup_steps", "weight_decay", "momentum")
         for name in non_negative:
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)!r}.")
+                raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)!r}.",
+                                  field=name)
         at_least_one = ("grad_accum_steps", "autoclip_history", "loss_scale_growth_interval",
                         "spike_patience")
         for name in at_least_one:
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)!r}.")
+                raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)!r}.",
+                                  field=name)
         if self.zclip_warmup < 2:
-            raise ConfigError(f"zclip_warmup must be >= 2; got {self.zclip_warmup!r}.")
+            raise ConfigError(f"zclip_warmup must be >= 2; got {self.zclip_warmup!r}.",
+                              field="zclip_warmup")
         if self.clip_norm_type != math.inf and self.clip_norm_type <= 0:
             raise ConfigError(
-                f"clip_norm_type must be > 0 or inf; got {self.clip_norm_type!r}."
-            )
+                f"clip_norm_type must be > 0 or inf; got {self.clip_norm_type!r}.",
+                field="clip_norm_type")
         for name in ("beta1", "beta2", "zclip_alpha"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1); got {value!r}.")
+                raise ConfigError(f"{name} must be in [0, 1); got {value!r}.", field=name)
         if not 0.0 < self.autoclip_percentile <= 100.0:
             raise ConfigError(
-                f"autoclip_percentile must be in (0, 100]; got {self.autoclip_percentile!r}."
-            )
+                f"autoclip_percentile must be in (0, 100]; got {self.autoclip_percentile!r}.",
+                field="autoclip_percentile")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError(f"min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio!r}.")
+            raise ConfigError(f"min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio!r}.",
+                              field="min_lr_ratio")
         if self.momentum >= 1.0:
-            raise ConfigError(f"momentum must be < 1; got {self.momentum!r}.")
+            raise ConfigError(f"momentum must be < 1; got {self.momentum!r}.", field="momentum")
         if self.optimizer == "sgd_nesterov" and self.momentum == 0:
             raise ConfigError(
                 "momentum must be > 0 when optimizer is sgd_nesterov; got 0.0 "
-                "(use optimizer: sgd for plain SGD)."
+                "(use optimizer: sgd for plain SGD).", field="momentum"
             )
 
     # ---------------------------------------------------------------- round trip

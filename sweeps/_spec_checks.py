@@ -14,12 +14,12 @@ import inspect
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stability.config import ConfigError, StabilityConfig
-from sweeps.spec import (
-    _NAME_RE,
+from sweeps._values import (
     BUILTIN_WORKLOAD_NAMES,
+    NAME_RE,
     RESERVED_WORKLOAD_ARGS,
     SpecError,
     WorkloadSpec,
@@ -28,9 +28,7 @@ from sweeps.spec import (
     check_keys,
     did_you_mean,
 )
-
-if TYPE_CHECKING:
-    from sweeps.space import Param
+from sweeps.space import CategoricalParam, Param
 
 _FACTORY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(StabilityConfig)}
@@ -52,7 +50,7 @@ def factory_args(factory: Any) -> tuple[str, ...] | None:
 
 
 def check_arg(path: str, workload: str, arg: str, arg_names: tuple[str, ...] | None) -> None:
-    if not _NAME_RE.match(arg):
+    if not NAME_RE.match(arg):
         raise SpecError(path, f"{arg!r} is not an argument name; use letters, digits and '_'")
     if arg in RESERVED_WORKLOAD_ARGS:
         raise SpecError(path, f"{arg} is set per trial by the sweep (top-level seed, the CLI's "
@@ -129,9 +127,8 @@ def config_value(path: str, name: str, value: Any) -> Any:
 
 def _config_error(path: str, exc: ConfigError, fixed: Mapping[str, Any], name: str) -> SpecError:
     message = str(exc).rstrip(".")
-    lead = message.split(" ", 1)[0]
-    if lead != name and lead in fixed:
-        return SpecError(path, f"clashes with fixed.{lead}: {message}")
+    if exc.field is not None and exc.field != name and exc.field in fixed:
+        return SpecError(path, f"clashes with fixed.{exc.field}: {message}")
     return SpecError(path, message)
 
 
@@ -154,8 +151,7 @@ def parse_fixed(raw: Any) -> dict[str, Any]:
     try:
         StabilityConfig(**fixed)
     except ConfigError as exc:
-        lead = str(exc).split(" ", 1)[0]
-        raise SpecError(f"fixed.{lead}" if lead in fixed else "fixed",
+        raise SpecError(f"fixed.{exc.field}" if exc.field in fixed else "fixed",
                         str(exc).rstrip(".")) from None
     return fixed
 
@@ -163,8 +159,6 @@ def parse_fixed(raw: Any) -> dict[str, Any]:
 def check_targets(space: dict[str, Param], fixed: Mapping[str, Any], workload: WorkloadSpec,
                    arg_names: tuple[str, ...] | None) -> dict[str, Param]:
     """Each param names a StabilityConfig field (values valid for it) or a workload argument."""
-    from sweeps.space import CategoricalParam
-
     out: dict[str, Param] = {}
     for name, param in space.items():
         path = f"space.{name}"
@@ -207,8 +201,6 @@ def check_targets(space: dict[str, Param], fixed: Mapping[str, Any], workload: W
 
 def check_combinations(space: Mapping[str, Param], fixed: Mapping[str, Any]) -> None:
     """fixed + the low (then high) end of every range, with each categorical choice in turn."""
-    from sweeps.space import CategoricalParam
-
     fields = {n: p for n, p in space.items() if not n.startswith("workload.")}
     cats = {n: p for n, p in fields.items() if isinstance(p, CategoricalParam)}
     firsts = {n: p.choices[0] for n, p in cats.items()}
@@ -222,83 +214,9 @@ def check_combinations(space: Mapping[str, Param], fixed: Mapping[str, Any]) -> 
                 StabilityConfig(**values)
             except ConfigError as exc:
                 message = str(exc).rstrip(".")
-                lead = message.split(" ", 1)[0]
+                lead = exc.field or ""
                 path = f"space.{lead}" if lead in space else (
                     f"fixed.{lead}" if lead in fixed else "space")
                 combo = ", ".join(f"{n}={values[n]!r}" for n in fields)
                 raise SpecError(path, f"the combination {combo} is not a valid StabilityConfig: "
                                 f"{message}; narrow the range or fix the clashing field") from None
-
-
-# ------------------------------------------------------------------ params
-def check_range(path: str, kind: str, low: float, high: float, log: bool,
-                 step: float | None) -> None:
-    """A float/int param's bounds: low < high, log needs low > 0, step divides the range."""
-    if low > high:
-        raise SpecError(path, f"low ({low}) must be < high ({high}); swap them")
-    if low == high:
-        raise SpecError(path, f"low ({low}) must be < high ({high}); to hold a value "
-                        "constant, put it under fixed")
-    if log and kind == "float" and low <= 0:
-        raise SpecError(f"{path}.low", f"log scale needs low > 0; got {low}")
-    if log and kind == "int" and low < 1:
-        raise SpecError(f"{path}.low", f"log scale needs low >= 1 for an int param; got {low}")
-    if step is None:
-        return
-    if step <= 0:
-        raise SpecError(f"{path}.step", f"must be > 0; got {step}")
-    if log and (kind == "float" or step != 1):
-        raise SpecError(f"{path}.step", f"cannot be combined with log: true (got step {step}); "
-                        "drop step or set log: false")
-    n = (high - low) / step
-    if n < 1 - 1e-9:
-        raise SpecError(f"{path}.step", f"step ({step}) is larger than high - low "
-                        f"({high - low:g}); use a smaller step")
-    if abs(n - round(n)) > 1e-9 * max(1.0, n):
-        below, above = low + math.floor(n) * step, low + math.ceil(n) * step
-        if kind == "float":
-            below, above = round(below, 12), round(above, 12)
-        raise SpecError(f"{path}.step", f"high - low ({high - low:g}) is not a multiple of step "
-                        f"({step}); set high to {below} or {above}")
-
-
-def parse_choices(path: str, raw: Any) -> tuple[Any, ...]:
-    """A categorical param's choices: a non-empty list of distinct plain values."""
-    from sweeps.space import _fmt, _same
-
-    if not isinstance(raw, list) or not raw:
-        raise SpecError(f"{path}.choices", f"must be a non-empty list; got {raw!r}")
-    seen: list[Any] = []
-    for value in raw:
-        if value is not None and not isinstance(value, str | int | float | bool):
-            raise SpecError(f"{path}.choices", "choices must be strings, numbers, true/false "
-                            f"or null; got {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise SpecError(f"{path}.choices", f"choices must be finite; got {value!r}")
-        if any(_same(value, s) for s in seen):
-            raise SpecError(f"{path}.choices", f"{_fmt(value)} is listed twice; list each "
-                            "choice once")
-        seen.append(value)
-    return tuple(seen)
-
-
-def check_when(param: Param, params: Mapping[str, Param], fixed: Mapping[str, Any]) -> None:
-    """Each parent a ``when`` names is a categorical param of the space, with those values."""
-    from sweeps.space import CategoricalParam, _fmt
-
-    for parent, values in param.when:
-        path = f"space.{param.name}.when.{parent}"
-        if parent not in params:
-            hint = (f"; {parent} is fixed, so drop the condition" if parent in fixed
-                    else did_you_mean(parent, list(params)))
-            raise SpecError(path, f"{parent!r} is not a param of the space; a condition must "
-                            f"name a categorical param declared under space{hint}")
-        parent_param = params[parent]
-        if not isinstance(parent_param, CategoricalParam):
-            raise SpecError(path, f"{parent!r} is a {type(parent_param).__name__[:-5].lower()} "
-                            "param; a condition must name a categorical param")
-        for value in values:
-            if not parent_param.contains(value):
-                choices = ", ".join(str(c) for c in parent_param.choices)
-                raise SpecError(path, f"{_fmt(value)} is not a choice of {parent} ({choices}); "
-                                "use one of those")

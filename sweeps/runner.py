@@ -263,7 +263,7 @@ class _Driver:
     def _open_study(self) -> Any:
         import optuna
 
-        from sweeps.space import make_pruner, make_sampler
+        from sweeps.samplers import make_pruner, make_sampler
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         spec = self.spec

@@ -1,4 +1,4 @@
-"""The search space: parameter definitions, define-by-run suggestions, samplers and pruners.
+"""The search space: parameter definitions, their checks and define-by-run suggestions.
 
 A space maps a parameter name to a :class:`FloatParam`, :class:`IntParam` or
 :class:`CategoricalParam`. A name is a :class:`~stability.config.StabilityConfig` field
@@ -6,23 +6,30 @@ A space maps a parameter name to a :class:`FloatParam`, :class:`IntParam` or
 A parameter with ``when`` is suggested only while each named categorical parent holds one of
 the listed values; :func:`parse_space` orders the space so that parents come first.
 
-Optuna is imported lazily (only :func:`make_sampler` / :func:`make_pruner` need it), so the spec
+Optuna is imported lazily (only :func:`suggest` and :mod:`sweeps.samplers` need it), so the spec
 can be validated without it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
-import random
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from stability.config import StabilityConfig
-from sweeps._spec_checks import check_range, check_when, parse_choices
-from sweeps.spec import SpecError, as_bool, as_int, as_number, check_keys
+from sweeps._values import (
+    SpecError,
+    as_bool,
+    as_int,
+    as_number,
+    check_keys,
+    did_you_mean,
+    fmt,
+    same,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -34,11 +41,12 @@ __all__ = [
     "FloatParam",
     "IntParam",
     "Param",
+    "check_range",
+    "check_when",
     "config_from_params",
     "grid_points",
     "is_active",
-    "make_pruner",
-    "make_sampler",
+    "parse_choices",
     "parse_space",
     "suggest",
 ]
@@ -48,10 +56,6 @@ MAX_GRID_POINTS = 100_000
 
 Condition = tuple[tuple[str, tuple[Any, ...]], ...]
 """``when`` as ((parent, allowed values), ...); every pair must hold (AND)."""
-
-
-def _fmt(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
 
 
 # ------------------------------------------------------------------ parameters
@@ -136,13 +140,13 @@ class CategoricalParam:
         return trial.suggest_categorical(self.name, list(self.choices))
 
     def contains(self, value: Any) -> bool:
-        return any(_same(value, c) for c in self.choices)
+        return any(same(value, c) for c in self.choices)
 
     def grid_values(self) -> list[Any]:
         return list(self.choices)
 
     def describe(self) -> str:
-        return "one of " + ", ".join(_fmt(c) for c in self.choices)
+        return "one of " + ", ".join(fmt(c) for c in self.choices)
 
     def to_dict(self) -> dict[str, Any]:
         return _with_when({"type": "categorical", "choices": list(self.choices)}, self.when)
@@ -153,15 +157,8 @@ Param = FloatParam | IntParam | CategoricalParam
 
 def is_active(param: Param, values: Mapping[str, Any]) -> bool:
     """Whether ``param`` is suggested, given the values of the params suggested before it."""
-    return all(parent in values and any(_same(values[parent], v) for v in allowed)
+    return all(parent in values and any(same(values[parent], v) for v in allowed)
                for parent, allowed in param.when)
-
-
-def _same(a: Any, b: Any) -> bool:
-    # True == 1 in Python; a categorical choice keeps its type.
-    return (type(a) is type(b) and a == b) or (
-        isinstance(a, int | float) and isinstance(b, int | float)
-        and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
 
 
 def _on_grid(value: float, low: float, step: float) -> bool:
@@ -255,7 +252,7 @@ def _canonical_when(param: Param, params: Mapping[str, Param]) -> Param:
     if not param.when:
         return param
     when = tuple((parent, tuple(c for c in params[parent].choices  # type: ignore[union-attr]
-                                if any(_same(c, v) for v in values)))
+                                if any(same(c, v) for v in values)))
                  for parent, values in param.when)
     return dataclasses.replace(param, when=when)
 
@@ -369,81 +366,71 @@ def grid_points(space: Mapping[str, Param]) -> list[dict[str, Any]]:
     return points
 
 
-# ------------------------------------------------------------------ samplers and pruners
-def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded with ``spec.seed``."""
-    import optuna
-
-    opts = dict(spec.sampler.options)
-    name = spec.sampler.name
-    conditional = any(p.when for p in spec.space.values())
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=spec.seed)
-    if name == "grid":
-        return _grid_sampler(spec, conditional)
-    if name == "cmaes":
-        # Explosions are PRUNED with a bad last value: CMA-ES must see them to move away.
-        opts.setdefault("consider_pruned_trials", True)
-        return optuna.samplers.CmaEsSampler(seed=spec.seed, **opts)
-    # TPE: multivariate models interactions (lr x clip threshold); group=True splits the
-    # space by which conditional params a trial used, so conditional params join the model.
-    opts.setdefault("multivariate", True)
-    opts.setdefault("group", conditional and opts["multivariate"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=spec.seed, **opts)
-
-
-def _grid_sampler(spec: SweepSpec, conditional: bool) -> optuna.samplers.BaseSampler:
-    import optuna
-
-    class _AskTellGridSampler(optuna.samplers.GridSampler):
-        """GridSampler for the ask/tell driver. Optuna's ``after_trial`` calls ``study.stop()``
-        once the grid is used up, which raises RuntimeError outside ``optimize()``: the
-        driver's last ``tell`` would crash the sweep. The driver stops at ``n_trials``."""
-
-        def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
-                        state: optuna.trial.TrialState, values: Any) -> None:
-            return None
-
-    grid = {name: param.grid_values() or [] for name, param in spec.space.items()}
-    sampler = _AskTellGridSampler(grid, seed=spec.seed)
-    if not conditional:
-        return sampler
-    # GridSampler walks the full Cartesian product, where an inactive conditional param would
-    # repeat the same configuration once per value. Give it the distinct points instead; an
-    # inactive param's slot holds its first value, which is never suggested.
-    if not hasattr(sampler, "_all_grids") or not hasattr(sampler, "_param_names"):
-        raise RuntimeError("this Optuna's GridSampler has no _all_grids; conditional grids "
-                           "need Optuna 4.x-5.x, or use sampler tpe")
-    names: list[str] = sampler._param_names
-    points = [tuple(p.get(n, grid[n][0]) for n in names) for p in grid_points(spec.space)]
-    random.Random(spec.seed).shuffle(points)
-    sampler._all_grids = points
-    sampler._n_min_trials = len(points)
-    return sampler
+# ------------------------------------------------------------------ checks of one param
+def check_range(path: str, kind: str, low: float, high: float, log: bool,
+                 step: float | None) -> None:
+    """A float/int param's bounds: low < high, log needs low > 0, step divides the range."""
+    if low > high:
+        raise SpecError(path, f"low ({low}) must be < high ({high}); swap them")
+    if low == high:
+        raise SpecError(path, f"low ({low}) must be < high ({high}); to hold a value "
+                        "constant, put it under fixed")
+    if log and kind == "float" and low <= 0:
+        raise SpecError(f"{path}.low", f"log scale needs low > 0; got {low}")
+    if log and kind == "int" and low < 1:
+        raise SpecError(f"{path}.low", f"log scale needs low >= 1 for an int param; got {low}")
+    if step is None:
+        return
+    if step <= 0:
+        raise SpecError(f"{path}.step", f"must be > 0; got {step}")
+    if log and (kind == "float" or step != 1):
+        raise SpecError(f"{path}.step", f"cannot be combined with log: true (got step {step}); "
+                        "drop step or set log: false")
+    n = (high - low) / step
+    if n < 1 - 1e-9:
+        raise SpecError(f"{path}.step", f"step ({step}) is larger than high - low "
+                        f"({high - low:g}); use a smaller step")
+    if abs(n - round(n)) > 1e-9 * max(1.0, n):
+        below, above = low + math.floor(n) * step, low + math.ceil(n) * step
+        if kind == "float":
+            below, above = round(below, 12), round(above, 12)
+        raise SpecError(f"{path}.step", f"high - low ({high - low:g}) is not a multiple of step "
+                        f"({step}); set high to {below} or {above}")
 
 
-def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
-    """Optuna's pruner from the spec. Explosion pruning is separate and always on.
+def parse_choices(path: str, raw: Any) -> tuple[Any, ...]:
+    """A categorical param's choices: a non-empty list of distinct plain values."""
+    if not isinstance(raw, list) or not raw:
+        raise SpecError(f"{path}.choices", f"must be a non-empty list; got {raw!r}")
+    seen: list[Any] = []
+    for value in raw:
+        if value is not None and not isinstance(value, str | int | float | bool):
+            raise SpecError(f"{path}.choices", "choices must be strings, numbers, true/false "
+                            f"or null; got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError(f"{path}.choices", f"choices must be finite; got {value!r}")
+        if any(same(value, s) for s in seen):
+            raise SpecError(f"{path}.choices", f"{fmt(value)} is listed twice; list each "
+                            "choice once")
+        seen.append(value)
+    return tuple(seen)
 
-    Steps are training steps (reports arrive every ``report_every`` steps); Hyperband's
-    resources default to ``report_every`` .. ``steps``.
-    """
-    import optuna
 
-    opts = dict(spec.pruner.options)
-    name = spec.pruner.name
-    if name == "median":
-        return optuna.pruners.MedianPruner(**opts)
-    if name == "percentile":
-        return optuna.pruners.PercentilePruner(**opts)
-    if name == "hyperband":
-        opts.setdefault("min_resource", spec.report_every)
-        opts.setdefault("max_resource", spec.steps)
-        return optuna.pruners.HyperbandPruner(**opts)
-    if name == "successive_halving":
-        # min_resource "auto" would wait for a completed trial: start at the first report
-        opts.setdefault("min_resource", spec.report_every)
-        return optuna.pruners.SuccessiveHalvingPruner(**opts)
-    return optuna.pruners.NopPruner()
+def check_when(param: Param, params: Mapping[str, Param], fixed: Mapping[str, Any]) -> None:
+    """Each parent a ``when`` names is a categorical param of the space, with those values."""
+    for parent, values in param.when:
+        path = f"space.{param.name}.when.{parent}"
+        if parent not in params:
+            hint = (f"; {parent} is fixed, so drop the condition" if parent in fixed
+                    else did_you_mean(parent, list(params)))
+            raise SpecError(path, f"{parent!r} is not a param of the space; a condition must "
+                            f"name a categorical param declared under space{hint}")
+        parent_param = params[parent]
+        if not isinstance(parent_param, CategoricalParam):
+            raise SpecError(path, f"{parent!r} is a {type(parent_param).__name__[:-5].lower()} "
+                            "param; a condition must name a categorical param")
+        for value in values:
+            if not parent_param.contains(value):
+                choices = ", ".join(str(c) for c in parent_param.choices)
+                raise SpecError(path, f"{fmt(value)} is not a choice of {parent} ({choices}); "
+                                "use one of those")

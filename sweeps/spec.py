@@ -10,174 +10,71 @@ the checks against StabilityConfig and the workload registry in :mod:`sweeps._sp
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import importlib.util
 import json
-import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-if TYPE_CHECKING:
-    from sweeps.space import Param
+from sweeps._spec_checks import check_combinations, check_targets, parse_fixed, parse_workload
+from sweeps._values import (
+    BUILTIN_WORKLOAD_NAMES,
+    NAME_RE,
+    RESERVED_WORKLOAD_ARGS,
+    NamedSpec,
+    ObjectiveSpec,
+    SpecError,
+    WorkloadSpec,
+    as_bool,
+    as_int,
+    as_number,
+    check_keys,
+    did_you_mean,
+)
+from sweeps.samplers import (
+    PRUNER_OPTIONS,
+    SAMPLER_OPTIONS,
+    check_pruner,
+    check_sampler,
+    parse_named,
+)
+from sweeps.space import Param, parse_space
 
-__all__ = [
+__all__ = [  # the spec's values and helpers are re-exported: import them from here
     "BUILTIN_WORKLOAD_NAMES",
     "PRUNER_OPTIONS",
+    "RESERVED_WORKLOAD_ARGS",
     "SAMPLER_OPTIONS",
     "NamedSpec",
     "ObjectiveSpec",
     "SpecError",
     "SweepSpec",
     "WorkloadSpec",
+    "as_bool",
+    "as_int",
+    "as_number",
+    "check_keys",
+    "did_you_mean",
     "load_spec",
     "parse_spec",
 ]
 
-BUILTIN_WORKLOAD_NAMES = ("cnn_digits", "deep_mlp", "rnn_adding", "transformer_lm")
-"""Used when ``stability.workloads`` cannot be imported (its registry wins when it can)."""
 TOP_KEYS = ("study", "description", "workload", "steps", "eval_every", "report_every",
             "objective", "n_trials", "seed", "sampler", "pruner", "fixed", "space", "detector",
             "stop_on_explosion")
 REQUIRED_KEYS = ("study", "workload", "steps", "space")
 DIRECTIONS = ("minimize", "maximize")
-RESERVED_WORKLOAD_ARGS = ("seed", "device")
-"""Set per trial by the sweep (``seed``) and by the CLI (``--device``), never in a spec."""
-
-# Option name -> (kind, exclusive lower bound or inclusive minimum); kind: int, float or bool.
-SAMPLER_OPTIONS: dict[str, dict[str, tuple[str, float | None]]] = {
-    "tpe": {"n_startup_trials": ("int", 0), "n_ei_candidates": ("int", 1),
-            "multivariate": ("bool", None), "group": ("bool", None),
-            "constant_liar": ("bool", None)},
-    "random": {},
-    "grid": {},
-    "cmaes": {"n_startup_trials": ("int", 0), "sigma0": ("float", 0.0), "popsize": ("int", 1),
-              "use_separable_cma": ("bool", None), "with_margin": ("bool", None),
-              "lr_adapt": ("bool", None), "consider_pruned_trials": ("bool", None)},
-}
-PRUNER_OPTIONS: dict[str, dict[str, tuple[str, float | None]]] = {
-    "none": {},
-    "median": {"n_startup_trials": ("int", 0), "n_warmup_steps": ("int", 0),
-               "interval_steps": ("int", 1), "n_min_trials": ("int", 1)},
-    "percentile": {"percentile": ("float", 0.0), "n_startup_trials": ("int", 0),
-                   "n_warmup_steps": ("int", 0), "interval_steps": ("int", 1),
-                   "n_min_trials": ("int", 1)},
-    "hyperband": {"min_resource": ("int", 1), "max_resource": ("int", 1),
-                  "reduction_factor": ("int", 2), "bootstrap_count": ("int", 0)},
-    "successive_halving": {"min_resource": ("int", 1), "reduction_factor": ("int", 2),
-                           "min_early_stopping_rate": ("int", 0),
-                           "bootstrap_count": ("int", 0)},
-}
 
 _STUDY_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DETECTOR_KEY_RE = re.compile(r"^[A-Za-z_]\w*\.[A-Za-z_]\w*$")
 _METRIC_RE = re.compile(r"^[A-Za-z0-9_./-]+$")
-_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-
-
-class SpecError(ValueError):
-    """A sweep spec is invalid. ``str(err)`` is one line: ``<field path>: <problem and fix>``.
-
-    ``path`` is the dotted field path (or the file name for file-level errors), ``problem``
-    the rest, ``source`` the file (or ``<spec>``) the spec came from.
-    """
-
-    def __init__(self, path: str, problem: str, *, source: str | None = None) -> None:
-        self.path = path
-        self.problem = " ".join(problem.split())
-        self.source = source
-        super().__init__(f"{path}: {self.problem}")
-
-
-# ------------------------------------------------------------------ value helpers
-def did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string."""
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def as_number(path: str, value: Any) -> float | int:
-    """A finite int/float; a numeric string is accepted because YAML 1.1 reads ``1e-4`` as text."""
-    if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-        value = float(value)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SpecError(path, f"must be a number; got {value!r}")
-    if not math.isfinite(value):
-        raise SpecError(path, f"must be finite; got {value!r}")
-    return value
-
-
-def as_int(path: str, value: Any, *, minimum: int | None = None) -> int:
-    """An integer (``10.0`` accepted); with ``minimum``, also ``>= minimum``."""
-    what = "an integer" if minimum is None else f"an integer >= {minimum}"
-    if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-        value = float(value)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or (
-            minimum is not None and value < minimum):
-        raise SpecError(path, f"must be {what}; got {value!r}")
-    return value
-
-
-def as_bool(path: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise SpecError(path, f"must be true or false; got {value!r}")
-    return value
-
-
-def check_keys(path: str, data: Mapping[Any, Any], valid: Iterable[str]) -> None:
-    """Refuse a key that is not in ``valid``, naming it and the valid keys."""
-    valid = list(valid)
-    for key in data:
-        if key not in valid:
-            where = f"{path}.{key}" if path else str(key)
-            raise SpecError(where, f"unknown key; valid keys: {', '.join(valid)}"
-                            f"{did_you_mean(str(key), valid)}")
 
 
 # ------------------------------------------------------------------ the spec
-@dataclass(frozen=True, kw_only=True, slots=True)
-class WorkloadSpec:
-    name: str
-    """a built-in workload name, or ``package.module:factory``."""
-    args: dict[str, Any] = field(default_factory=dict)
-    """fixed factory arguments; searched ones are ``workload.<arg>`` params of the space."""
-
-    @property
-    def builtin(self) -> bool:
-        return ":" not in self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "args": dict(self.args)}
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ObjectiveSpec:
-    metric: str = "eval_loss"
-    direction: str = "minimize"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "direction": self.direction}
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class NamedSpec:
-    """A sampler or pruner: its name and the options given in the spec (defaults not filled)."""
-
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **self.options}
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SweepSpec:
     """A validated sweep. Build it with :func:`load_spec` or :func:`parse_spec`."""
@@ -334,9 +231,6 @@ def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
 
 
 def _parse(data: Any, source: str) -> SweepSpec:
-    from sweeps._spec_checks import check_combinations, check_targets, parse_fixed, parse_workload
-    from sweeps.space import parse_space
-
     if not isinstance(data, Mapping):
         raise SpecError(source, f"must be a mapping with keys {', '.join(REQUIRED_KEYS)}, ...; "
                         f"got a {type(data).__name__}")
@@ -370,13 +264,13 @@ def _parse(data: Any, source: str) -> SweepSpec:
         study=study, description=description, workload=workload, steps=steps,
         eval_every=cadence["eval_every"], report_every=cadence["report_every"],
         objective=_parse_objective(data.get("objective")), n_trials=n_trials, seed=seed,
-        sampler=_parse_named("sampler", data.get("sampler"), SAMPLER_OPTIONS, "tpe"),
-        pruner=_parse_named("pruner", data.get("pruner"), PRUNER_OPTIONS, "none"),
+        sampler=parse_named("sampler", data.get("sampler"), SAMPLER_OPTIONS, "tpe"),
+        pruner=parse_named("pruner", data.get("pruner"), PRUNER_OPTIONS, "none"),
         fixed=fixed, space=space, detector=_parse_detector(data.get("detector")),
         stop_on_explosion=as_bool("stop_on_explosion", data.get("stop_on_explosion", True)),
         source=source)
-    _check_sampler(spec)
-    _check_pruner(spec)
+    check_sampler(spec)
+    check_pruner(spec)
     return spec
 
 
@@ -411,39 +305,6 @@ def _parse_objective(raw: Any) -> ObjectiveSpec:
     return ObjectiveSpec(metric=metric, direction=direction)
 
 
-def _parse_named(key: str, raw: Any, table: Mapping[str, Mapping[str, tuple[str, Any]]],
-                 default: str) -> NamedSpec:
-    if raw is None:
-        raw = {"name": default}
-    if isinstance(raw, str):
-        raw = {"name": raw}
-    if not isinstance(raw, Mapping):
-        raise SpecError(key, f"must be a mapping {{name: {default}, <option>: value}} or a name; "
-                        f"got {raw!r}")
-    name = raw.get("name", default)
-    if name not in table:
-        raise SpecError(f"{key}.name", f"unknown {key} {name!r}; use {', '.join(table)}")
-    options: dict[str, Any] = {}
-    for option, value in raw.items():
-        if option == "name":
-            continue
-        path = f"{key}.{option}"
-        if option not in table[name]:
-            valid = ", ".join(table[name]) or "(none)"
-            raise SpecError(path, f"not an option of the {name} {key}; valid: {valid}"
-                            f"{did_you_mean(str(option), table[name])}")
-        kind, low = table[name][option]
-        if kind == "bool":
-            options[option] = as_bool(path, value)
-        elif kind == "int":
-            options[option] = as_int(path, value, minimum=low)
-        else:
-            options[option] = float(as_number(path, value))
-            if options[option] <= low:
-                raise SpecError(path, f"must be > {low}; got {value!r}")
-    return NamedSpec(name=name, options=options)
-
-
 def _parse_detector(raw: Any) -> dict[str, float | int]:
     """``{<detector>.<argument>: number}`` (or nested ``{<detector>: {<argument>: number}}``),
     the overrides ``stability.detectors.default_detector`` takes; checked against it."""
@@ -454,7 +315,7 @@ def _parse_detector(raw: Any) -> dict[str, float | int]:
                         f"{{spike.z_threshold: 5.0}}; got {raw!r}")
     out: dict[str, float | int] = {}
     for key, value in raw.items():
-        nested = isinstance(key, str) and _NAME_RE.match(key) and isinstance(value, Mapping)
+        nested = isinstance(key, str) and NAME_RE.match(key) and isinstance(value, Mapping)
         items = [(f"{key}.{k}", v) for k, v in value.items()] if nested else [(key, value)]
         for name, item in items:
             if not isinstance(name, str) or not _DETECTOR_KEY_RE.match(name):
@@ -464,63 +325,13 @@ def _parse_detector(raw: Any) -> dict[str, float | int]:
             # 24.0 (or "24" read as text) -> 24: integer arguments such as window refuse floats
             out[name] = int(number) if float(number).is_integer() else number
     try:
-        from stability.detectors import DEFAULT_DETECTORS, default_detector
+        from stability.detectors import default_detector
     except ImportError:
         return out
-    try:
-        default_detector(out)
-    except ValueError as exc:
-        message = str(exc).removeprefix("default_detector: ").rstrip(".")
-        owners = {k: getattr(DEFAULT_DETECTORS.get(k.split(".")[0]), "__name__", "?")
-                  for k in out}
-        path = next((f"detector.{k}" for k in out if repr(k) in message or message.startswith(
-            f"{owners[k]}: {k.split('.', 1)[1]} ")), "detector")
-        raise SpecError(path, message) from None
+    for name, value in out.items():  # one at a time: an error belongs to its own key
+        try:
+            default_detector({name: value})
+        except ValueError as exc:
+            raise SpecError(f"detector.{name}",
+                            str(exc).removeprefix("default_detector: ").rstrip(".")) from None
     return out
-
-
-def _check_sampler(spec: SweepSpec) -> None:
-    from sweeps.space import CategoricalParam, grid_points
-
-    name, options = spec.sampler.name, spec.sampler.options
-    if name == "tpe" and options.get("group") and options.get("multivariate") is False:
-        raise SpecError("sampler.group", "needs multivariate: true; set multivariate: true or "
-                        "drop group")
-    if name == "cmaes":
-        cats = [n for n, p in spec.space.items() if isinstance(p, CategoricalParam)]
-        if cats:
-            raise SpecError("sampler.name", f"cmaes cannot handle categorical params (space."
-                            f"{', space.'.join(cats)}); use tpe, or fix the categorical params")
-        if importlib.util.find_spec("cmaes") is None:
-            raise SpecError("sampler.name", "cmaes needs the cmaes package; pip install cmaes, "
-                            "or use tpe")
-    if name == "grid":
-        n_points = len(grid_points(spec.space))
-        if spec.n_trials > n_points:
-            raise SpecError("n_trials", f"the grid has {n_points} points, so n_trials "
-                            f"({spec.n_trials}) would repeat them; set n_trials <= {n_points}")
-
-
-def _check_pruner(spec: SweepSpec) -> None:
-    name, options = spec.pruner.name, spec.pruner.options
-    if name == "percentile":
-        percentile = options.get("percentile")
-        if percentile is None or not 0 < percentile < 100:
-            raise SpecError("pruner.percentile", "the percentile pruner needs percentile in "
-                            f"(0, 100), e.g. 25.0; got {percentile!r}")
-    if name in ("median", "percentile") and options.get("n_warmup_steps", 0) >= spec.steps:
-        raise SpecError("pruner.n_warmup_steps", f"must be < steps ({spec.steps}) or the pruner "
-                        f"never acts; got {options['n_warmup_steps']}")
-    if name == "successive_halving" and options.get("min_resource",
-                                                    spec.report_every) >= spec.steps:
-        raise SpecError("pruner.min_resource", f"must be < steps ({spec.steps}) or the pruner "
-                        f"never acts; got {options.get('min_resource', spec.report_every)} "
-                        "(it defaults to report_every)")
-    if name == "hyperband":
-        low = options.get("min_resource", spec.report_every)
-        high = options.get("max_resource", spec.steps)
-        if high > spec.steps:
-            raise SpecError("pruner.max_resource", f"must be <= steps ({spec.steps}); got {high}")
-        if low >= high:
-            raise SpecError("pruner.min_resource", f"must be < max_resource ({high}); got {low} "
-                            "(min_resource defaults to report_every, max_resource to steps)")

@@ -169,7 +169,7 @@ def test_stop_on_explosion_spec_key() -> None:
 
 
 def test_successive_halving_pruner_from_the_spec() -> None:
-    from sweeps.space import make_pruner
+    from sweeps.samplers import make_pruner
 
     spec = tiny_spec(pruner={"name": "successive_halving", "reduction_factor": 3})
     pruner = make_pruner(spec)

@@ -11,13 +11,8 @@ import pytest
 
 from stability.config import StabilityConfig
 from sweeps import spec as spec_module
-from sweeps.space import (
-    config_from_params,
-    grid_points,
-    make_pruner,
-    make_sampler,
-    suggest,
-)
+from sweeps.samplers import make_pruner, make_sampler
+from sweeps.space import config_from_params, grid_points, suggest
 from sweeps.spec import SpecError, SweepSpec, parse_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

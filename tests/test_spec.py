@@ -189,7 +189,7 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("fixed workload arg", patched(("fixed.workload.loss", "mse")),
      "fixed.workload.loss: fixed workload arguments go under workload.args.loss"),
     ("fixed bad value", patched(("fixed.precision", "fp8")),
-     "fixed.precision: precision must be one of fp32, bf16, fp16; got 'fp8'"),
+     "fixed.precision: precision must be one of fp32, bf16, fp16, fp16_noscale; got 'fp8'"),
     ("fixed not number", patched(("fixed.momentum", "high")),
      "fixed.momentum: must be a number; got 'high'"),
     ("workload param unknown", patched(("space.workload.lossx", ["mse"])),
