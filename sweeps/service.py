@@ -64,12 +64,27 @@ def submit(spec_path: Path, address: str | None, options: dict[str, Any], study:
     spec_path = spec_path.resolve()
     entry = shlex.join(["python", "-m", "sweeps.cli", "run", spec_path.name,
                         *job_args(options)])
+    import time
+
     jobs = client(address)
-    return str(jobs.submit_job(
-        entrypoint=entry,
-        runtime_env={"working_dir": str(spec_path.parent), "excludes": EXCLUDES,
-                     "env_vars": {"RAY_COLOR_PREFIX": "0"}},
-        metadata={"stabsweep_study": study, "stabsweep_spec": spec_path.name}))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return str(jobs.submit_job(
+                entrypoint=entry,
+                runtime_env={"working_dir": str(spec_path.parent), "excludes": EXCLUDES,
+                             "env_vars": {"RAY_COLOR_PREFIX": "0"}},
+                metadata={"stabsweep_study": study, "stabsweep_spec": spec_path.name}))
+        except RuntimeError as exc:  # the SDK's HTTP errors
+            # A head just started has no job agent for a few seconds ("try again later").
+            if "No available agent" in str(exc) and time.monotonic() < deadline:
+                time.sleep(2)
+                continue
+            hint = (" The head's job agent is not up: another Ray on that host may hold its "
+                    "port (ray start --dashboard-agent-listen-port <free port>)."
+                    if "No available agent" in str(exc) else "")
+            raise ServiceError(f"the Ray Jobs API at {address} refused the job: "
+                               f"{str(exc).splitlines()[0]}{hint}") from None
 
 
 def logs(job_id: str, address: str | None, follow: bool, write: Any) -> str:

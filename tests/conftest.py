@@ -129,6 +129,14 @@ def pg_url(pg_server: PgServer) -> str:
 
 
 # ---------------------------------------------------------------------------- ray start
+def _psutil():  # type: ignore[no-untyped-def]
+    """psutil as Ray ships it (ray/thirdparty_files, put on sys.path by `import ray`)."""
+    import importlib
+
+    importlib.import_module("ray")
+    return importlib.import_module("psutil")
+
+
 @dataclass
 class RayNode:
     proc: subprocess.Popen[bytes]
@@ -136,7 +144,7 @@ class RayNode:
     log: Path
 
     def descendants(self) -> list[object]:
-        import psutil
+        psutil = _psutil()
 
         try:
             return list(psutil.Process(self.proc.pid).children(recursive=True))
@@ -153,7 +161,7 @@ class RayNode:
     def stop(self) -> None:
         """Stop this node's processes by PID: `ray start --block` and everything under it,
         then anything still running from this node's own temp dir."""
-        import psutil
+        psutil = _psutil()
 
         procs = [*self.descendants()]
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -173,7 +181,7 @@ class RayNode:
 
 
 def _procs_using(temp_dir: Path) -> list[object]:
-    import psutil
+    psutil = _psutil()
 
     found = []
     for p in psutil.process_iter(["cmdline"]):
