@@ -3,7 +3,7 @@
     python benchmarks/pruning_savings.py                    # 3 workloads x 6 settings x 3 seeds
     python benchmarks/pruning_savings.py --quick            # 1 seed, 10 trials x 100 steps
     python benchmarks/pruning_savings.py --workloads deep_mlp --seeds 0 1 --out results.md
-    python benchmarks/pruning_savings.py --settings d d+median d+p25 d+hyperband   # candidates
+    python benchmarks/pruning_savings.py --settings d d+median d+p25 d+hyperband d+sh  # candidates
 
 Every setting runs the same sweep: the search space of ``examples/<workload>.yaml`` at the
 benchmark corpus's small sizes (``_common.SMALL``; ``transformer_lm`` post-LN), the same trial
@@ -20,7 +20,8 @@ trial's training). Settings:
 * ``c``  Optuna ``HyperbandPruner`` alone (explosion stopping off), ``min_resource`` 20;
 * ``d``  stabsweep's explosion pruning alone (``pruner: none``);
 * ``d'`` explosion pruning + the recommended slow-trial pruner (``RECOMMENDED``); the
-  other candidates run with ``--settings d+median d+p25 d+hyperband``;
+  other candidates (median, percentile 25 with 5 or 2 start-up trials, hyperband, successive
+  halving) run with ``--settings d+median d+p25 d+p25s2 d+hyperband d+sh``;
 * ``e``  Ray Tune + ``OptunaSearch`` (the spec's TPE sampler, same seed, the same
   define-by-run space through ``sweeps.space.suggest``) + ``ASHAScheduler`` (``time_attr``
   step, grace 20 steps, ``max_t`` steps, reduction factor 4 (its default)), the trainable
