@@ -8,6 +8,7 @@ repository. Ray is started once for all the sweeps of a script.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -130,3 +131,16 @@ def write_block(name: str, text: str) -> Path:
     path = RESULTS / f"{name}.md"
     path.write_text(text.rstrip() + "\n", encoding="utf-8")
     return path
+
+
+def sweep_from_cli(spec_path: Path, doc: str | None) -> tuple[Any, float, argparse.Namespace]:
+    """The scripts' shared command line (--seeds, --steps, --workers): run the spec's sweep
+    once per seed and return (trials frame, wall seconds, the parsed arguments)."""
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=None, help="override the spec's steps")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    start = time.perf_counter()
+    frame = run_seeds(spec_path, args.seeds, workers=args.workers, steps=args.steps)
+    return frame, time.perf_counter() - start, args

@@ -16,9 +16,7 @@ axis and nothing explodes; the figure shows zero-gradient fraction and eval loss
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 
 from repro_common import (
     RESULTS,
@@ -26,7 +24,7 @@ from repro_common import (
     machine,
     markdown_table,
     mean_sd,
-    run_seeds,
+    sweep_from_cli,
     write_block,
 )
 
@@ -37,14 +35,7 @@ LABELS = {"fp32": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 + dynamic loss 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=None, help="override the spec's steps")
-    ap.add_argument("--workers", type=int, default=2)
-    args = ap.parse_args()
-    t0 = time.perf_counter()
-    df = run_seeds(SPEC, args.seeds, workers=args.workers, steps=args.steps)
-    wall = time.perf_counter() - t0
+    df, wall, args = sweep_from_cli(SPEC, __doc__)
 
     stats: dict[str, dict[str, list[float]]] = {}
     rows = []

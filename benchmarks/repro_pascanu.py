@@ -12,10 +12,8 @@ setting and the best eval MSE of each, writes the stability map
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
-import time
 
 from repro_common import (
     RESULTS,
@@ -23,7 +21,7 @@ from repro_common import (
     machine,
     markdown_table,
     mean_sd,
-    run_seeds,
+    sweep_from_cli,
     write_block,
 )
 
@@ -32,14 +30,7 @@ CHANCE_MSE = 1.0 / 6.0
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=None, help="override the spec's steps")
-    ap.add_argument("--workers", type=int, default=2)
-    args = ap.parse_args()
-    t0 = time.perf_counter()
-    df = run_seeds(SPEC, args.seeds, workers=args.workers, steps=args.steps)
-    wall = time.perf_counter() - t0
+    df, wall, args = sweep_from_cli(SPEC, __doc__)
 
     df["clip"] = [("none" if m == "none" else f"{float(t):g}")
                   for m, t in zip(df["params_clip_method"], df["params_clip_threshold"],

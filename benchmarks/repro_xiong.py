@@ -14,10 +14,8 @@ than a unigram model (>= 2.85 nats/char; the unigram model scores about 2.95, un
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
-import time
 
 from repro_common import (
     RESULTS,
@@ -25,7 +23,7 @@ from repro_common import (
     machine,
     markdown_table,
     mean_sd,
-    run_seeds,
+    sweep_from_cli,
     write_block,
 )
 
@@ -36,14 +34,7 @@ MAPS = ("| post-LN | pre-LN |\n|---|---|\n| ![post-LN map](benchmarks/results/xi
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=None, help="override the spec's steps")
-    ap.add_argument("--workers", type=int, default=2)
-    args = ap.parse_args()
-    t0 = time.perf_counter()
-    df = run_seeds(SPEC, args.seeds, workers=args.workers, steps=args.steps)
-    wall = time.perf_counter() - t0
+    df, wall, args = sweep_from_cli(SPEC, __doc__)
 
     df["norm"] = df["params_workload.norm"]
     df["warmup"] = df["params_warmup_steps"].astype(int)
