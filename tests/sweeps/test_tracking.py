@@ -32,7 +32,7 @@ from sweeps.tracking import (
 from sweeps.tracking import _sink as sink_module
 from sweeps.tracking._series import RunLength, TraceEncoder, metric_key
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPEC = {"study": "tiny", "description": "tracking test",
         "workload": {"name": "deep_mlp", "args": {"depth": 4, "width": 16}},
         "space": {"lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}}}

@@ -22,6 +22,9 @@ from tests.sweep_helpers import (
     write_spec,
 )
 
+# Real Ray and real CLI processes (SIGINT, resume): minutes, not seconds.
+pytestmark = pytest.mark.slow
+
 
 def test_run_status_export_then_resume(tmp_path):
     spec = write_spec(tmp_path / "s.yaml", small_spec(n_trials=6))

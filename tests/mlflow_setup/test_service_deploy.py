@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SETUP = Path(__file__).resolve().parents[1] / "mlflow_setup"
+SETUP = Path(__file__).resolve().parents[2] / "mlflow_setup"
 
 
 def _compose() -> list[str] | None:

@@ -241,7 +241,7 @@ def test_import_error_says_how_the_module_is_found():
 
 
 def test_readme_says_how_a_workload_module_is_found():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme[readme.index("Built-in workloads (`stabsweep workloads`)"):]
     section = section[:section.index("\n## ")]
     assert "PYTHONPATH" in section and "working directory" in section
@@ -458,7 +458,7 @@ def test_kill_9_of_the_driver_leaves_no_ray_process_behind(tmp_path):
 
     script = tmp_path / "driver.py"
     script.write_text(FAKE_DRIVER)
-    repo = str(Path(__file__).resolve().parents[1])
+    repo = str(Path(__file__).resolve().parents[2])
     driver = subprocess.Popen([sys.executable, str(script), repo], stdout=subprocess.PIPE,
                               text=True, start_new_session=True)
     old = agent = other = watchdog = -1

@@ -30,7 +30,7 @@ from mlflow_setup import (
 )
 from mlflow_setup.server import network_warning
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 90.0
 
 

@@ -60,7 +60,7 @@ def test_matplotlib_is_imported_lazily() -> None:
     code = ("import sys, stability.plots, stability.diagnose, stability.detectors; "
             "print('matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).resolve().parents[1])
+                         check=True, cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "False"
 
 

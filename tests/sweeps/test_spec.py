@@ -15,7 +15,7 @@ import yaml
 from sweeps import spec as spec_module
 from sweeps.spec import SpecError, load_spec, parse_spec
 
-EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 DELETE = object()
 
 
