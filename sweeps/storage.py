@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -135,12 +136,20 @@ class StudyStorage:
             # The driver beats for its ask/tell trials itself (see the module docstring).
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
             warnings.filterwarnings("ignore", message=".*heartbeat_interval.* experimental")
-        try:
-            rdb = optuna.storages.RDBStorage(self.url, engine_kwargs=kwargs, **beat)
-        except Exception as exc:  # SQLAlchemy errors vary by backend
-            self.close()
-            raise StorageError(f"--storage {self.display_url}: cannot open the study storage "
-                               f"({type(exc).__name__}: {str(exc).splitlines()[0]}).") from None
+        for attempt in range(_OPEN_ATTEMPTS):
+            try:
+                rdb = optuna.storages.RDBStorage(self.url, engine_kwargs=kwargs, **beat)
+                break
+            except Exception as exc:  # SQLAlchemy errors vary by backend
+                if attempt + 1 < _OPEN_ATTEMPTS and _created_concurrently(exc):
+                    # Another process (`stabsweep status`, a second driver being refused)
+                    # created the schema at the same moment: the tables exist now.
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                self.close()
+                raise StorageError(
+                    f"--storage {self.display_url}: cannot open the study storage "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0]}).") from None
         if self.is_sqlite:
             _fast_sqlite(rdb.engine)
         return optuna.storages.get_storage(rdb)
@@ -224,3 +233,14 @@ def _fast_sqlite(engine: Any) -> None:
         cursor.close()
 
     engine.dispose()  # connections opened while creating the tables lack the pragmas
+
+
+_OPEN_ATTEMPTS = 4
+
+
+def _created_concurrently(exc: BaseException) -> bool:
+    """An error of creating the schema while another process creates it too (Optuna's
+    RDBStorage creates the tables and the alembic version row on first open)."""
+    text = str(exc)
+    return (type(exc).__name__ == "IntegrityError" and "alembic_version" in text) or (
+        type(exc).__name__ == "OperationalError" and "already exists" in text)
