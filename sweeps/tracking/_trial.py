@@ -196,12 +196,7 @@ class TrialTracker:
                        ts, int(result.steps_run)])
         points.append(["train_time_s", float(result.wall_time_s), ts, int(result.steps_run)])
         self._add(points)
-        self._write(force=True)
-        self._append({"op": "log_batch", "run": str(self._run_id),
-                      "tags": sorted(tags.items())})
-        op_id = self.spool.reserve_id()
-        folder = self.spool.files_dir / str(op_id)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self._flush_with_tags(tags)
         self._write_artifacts(folder, result, outcome)
         self._append({"op": "artifacts", "run": str(self._run_id),
                       "dir": str(folder.relative_to(self.spool.root)), "artifact_path": None})
@@ -231,12 +226,7 @@ class TrialTracker:
                 names.TAG_REASON: f"workload raised {type(exc).__name__}: {first}"[:_MAX_TAG],
                 names.TAG_RUN_COLOR: names.OUTCOME_COLORS[keys.FAILED]}
         self._add(self.encoder.close(_now_ms()))
-        self._write(force=True)
-        self._append({"op": "log_batch", "run": str(self._run_id),
-                      "tags": sorted(tags.items())})
-        op_id = self.spool.reserve_id()
-        folder = self.spool.files_dir / str(op_id)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self._flush_with_tags(tags)
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         (folder / "error.txt").write_text(text)
         self._append({"op": "artifacts", "run": str(self._run_id),
@@ -249,6 +239,15 @@ class TrialTracker:
         else:
             self._kick()
         return self.run_id
+
+    def _flush_with_tags(self, tags: dict[str, str]) -> Path:
+        """Spool the pending points and the run's final tags; a fresh folder for its files."""
+        self._write(force=True)
+        self._append({"op": "log_batch", "run": str(self._run_id),
+                      "tags": sorted(tags.items())})
+        folder = self.spool.files_dir / str(self.spool.reserve_id())
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def _check_open(self, what: str) -> None:
         if self._closed:
