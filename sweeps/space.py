@@ -8,18 +8,29 @@ the listed values; :func:`parse_space` orders the space so that parents come fir
 
 Optuna is imported lazily (only :func:`suggest` and :mod:`sweeps.samplers` need it), so the spec
 can be validated without it.
+
+The parameter types live in :mod:`sweeps._params` and the suggestions in
+:mod:`sweeps._suggest`; every name is exported from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from stability.config import StabilityConfig
+from sweeps._params import (
+    CategoricalParam,
+    Condition,
+    FloatParam,
+    IntParam,
+    Param,
+    is_active,
+)
+from sweeps._suggest import MAX_GRID_POINTS as MAX_GRID_POINTS
+from sweeps._suggest import WORKLOAD_PREFIX as WORKLOAD_PREFIX
+from sweeps._suggest import config_from_params, grid_points, suggest
 from sweeps._values import (
     SpecError,
     as_bool,
@@ -30,11 +41,6 @@ from sweeps._values import (
     fmt,
     same,
 )
-
-if TYPE_CHECKING:
-    import optuna
-
-    from sweeps.spec import SweepSpec
 
 __all__ = [
     "CategoricalParam",
@@ -50,126 +56,6 @@ __all__ = [
     "parse_space",
     "suggest",
 ]
-
-WORKLOAD_PREFIX = "workload."
-MAX_GRID_POINTS = 100_000
-
-Condition = tuple[tuple[str, tuple[Any, ...]], ...]
-"""``when`` as ((parent, allowed values), ...); every pair must hold (AND)."""
-
-
-# ------------------------------------------------------------------ parameters
-@dataclass(frozen=True, kw_only=True, slots=True)
-class FloatParam:
-    name: str
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = None
-    when: Condition = ()
-
-    def suggest(self, trial: optuna.trial.BaseTrial) -> float:
-        return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
-
-    def contains(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            return False
-        value = float(value)
-        tol = 1e-12 * max(1.0, abs(self.low), abs(self.high))
-        if not self.low - tol <= value <= self.high + tol:
-            return False
-        return self.step is None or _on_grid(value, self.low, self.step)
-
-    def grid_values(self) -> list[float] | None:
-        if self.step is None:
-            return None
-        n = round((self.high - self.low) / self.step)
-        return [round(self.low + i * self.step, 12) for i in range(n + 1)]
-
-    def describe(self) -> str:
-        step = f" step {self.step}" if self.step else ""
-        return f"[{self.low}, {self.high}]{' log' if self.log else ''}{step}"
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": "float", "low": self.low, "high": self.high,
-                               "log": self.log}
-        if self.step is not None:
-            out["step"] = self.step
-        return _with_when(out, self.when)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class IntParam:
-    name: str
-    low: int
-    high: int
-    step: int = 1
-    log: bool = False
-    when: Condition = ()
-
-    def suggest(self, trial: optuna.trial.BaseTrial) -> int:
-        return trial.suggest_int(self.name, self.low, self.high, step=self.step, log=self.log)
-
-    def contains(self, value: Any) -> bool:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            return False
-        value = int(value)
-        return self.low <= value <= self.high and (value - self.low) % self.step == 0
-
-    def grid_values(self) -> list[int]:
-        return list(range(self.low, self.high + 1, self.step))
-
-    def describe(self) -> str:
-        return f"integers [{self.low}, {self.high}] step {self.step}{' log' if self.log else ''}"
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {"type": "int", "low": self.low, "high": self.high, "step": self.step,
-               "log": self.log}
-        return _with_when(out, self.when)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class CategoricalParam:
-    name: str
-    choices: tuple[Any, ...]
-    when: Condition = ()
-
-    def suggest(self, trial: optuna.trial.BaseTrial) -> Any:
-        return trial.suggest_categorical(self.name, list(self.choices))
-
-    def contains(self, value: Any) -> bool:
-        return any(same(value, c) for c in self.choices)
-
-    def grid_values(self) -> list[Any]:
-        return list(self.choices)
-
-    def describe(self) -> str:
-        return "one of " + ", ".join(fmt(c) for c in self.choices)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _with_when({"type": "categorical", "choices": list(self.choices)}, self.when)
-
-
-Param = FloatParam | IntParam | CategoricalParam
-
-
-def is_active(param: Param, values: Mapping[str, Any]) -> bool:
-    """Whether ``param`` is suggested, given the values of the params suggested before it."""
-    return all(parent in values and any(same(values[parent], v) for v in allowed)
-               for parent, allowed in param.when)
-
-
-def _on_grid(value: float, low: float, step: float) -> bool:
-    k = (value - low) / step
-    return abs(k - round(k)) < 1e-8
-
-
-def _with_when(out: dict[str, Any], when: Condition) -> dict[str, Any]:
-    if when:
-        out["when"] = {parent: list(values) for parent, values in when}
-    return out
 
 
 # ------------------------------------------------------------------ parsing
@@ -278,92 +164,6 @@ def _ordered(params: dict[str, Param]) -> dict[str, Param]:
     for name in params:
         visit(name)
     return out
-
-
-# ------------------------------------------------------------------ suggestions
-def suggest(trial: optuna.trial.BaseTrial, spec: SweepSpec
-            ) -> tuple[StabilityConfig, dict[str, Any]]:
-    """Suggest every active param of ``spec.space`` on ``trial``.
-
-    Returns the StabilityConfig (``fixed`` + suggested fields) and the workload arguments
-    (``workload.args`` + suggested ``workload.*`` params).
-    """
-    values: dict[str, Any] = {}
-    for name, param in spec.space.items():
-        if is_active(param, values):
-            values[name] = param.suggest(trial)
-    return _assemble(values, spec)
-
-
-def config_from_params(params: Mapping[str, Any], spec: SweepSpec
-                       ) -> tuple[StabilityConfig, dict[str, Any]]:
-    """Rebuild a trial's config and workload args from its params (e.g. ``FrozenTrial.params``).
-
-    Every active param must be given and inside its range; a param the space does not have,
-    or one whose condition does not hold, is refused (the study's space has changed).
-    """
-    for name in params:
-        if name not in spec.space:
-            raise SpecError(f"params.{name}", "not a param of this sweep's space; valid: "
-                            f"{', '.join(spec.space)}")
-    values: dict[str, Any] = {}
-    for name, param in spec.space.items():
-        if not is_active(param, values):
-            if name in params:
-                cond = ", ".join(f"{p} in {list(v)}" for p, v in param.when)
-                raise SpecError(f"params.{name}", f"given ({params[name]!r}) but inactive: it "
-                                f"needs {cond}; drop it")
-            continue
-        if name not in params:
-            raise SpecError(f"params.{name}", "missing; the space needs a value for it")
-        value = params[name]
-        if not param.contains(value):
-            raise SpecError(f"params.{name}", f"{value!r} is outside {param.describe()}; use a "
-                            "value inside the space")
-        # numpy scalars (e.g. from a trials dataframe) become the Python type Optuna gives
-        values[name] = value if isinstance(param, CategoricalParam) else (
-            int(value) if isinstance(param, IntParam) else float(value))
-    return _assemble(values, spec)
-
-
-def _assemble(values: Mapping[str, Any], spec: SweepSpec
-              ) -> tuple[StabilityConfig, dict[str, Any]]:
-    config_values = {k: v for k, v in values.items() if not k.startswith(WORKLOAD_PREFIX)}
-    workload_args = dict(spec.workload.args)
-    workload_args.update({k[len(WORKLOAD_PREFIX):]: v for k, v in values.items()
-                          if k.startswith(WORKLOAD_PREFIX)})
-    return StabilityConfig(**{**spec.fixed, **config_values}), workload_args
-
-
-def grid_points(space: Mapping[str, Param]) -> list[dict[str, Any]]:
-    """Every distinct combination of active params (a conditional param adds points only
-    under its condition). Needs every param categorical, int, or float with ``step``."""
-    for name, param in space.items():
-        if param.grid_values() is None:
-            raise SpecError("sampler.name", f"grid needs every param categorical, int, or float "
-                            f"with step; space.{name} is a float without step (add step, or "
-                            "make it categorical)")
-    ordered = list(space.values())
-    points: list[dict[str, Any]] = []
-
-    def expand(i: int, values: dict[str, Any]) -> None:
-        if len(points) > MAX_GRID_POINTS:
-            raise SpecError("space", f"the grid has more than {MAX_GRID_POINTS} points; "
-                            "use coarser steps or fewer choices, or sampler tpe")
-        if i == len(ordered):
-            points.append(dict(values))
-            return
-        param = ordered[i]
-        if not is_active(param, values):
-            expand(i + 1, values)
-            return
-        for value in param.grid_values() or []:
-            values[param.name] = value
-            expand(i + 1, values)
-        del values[param.name]
-
-    expand(0, {})
-    return points
 
 
 # ------------------------------------------------------------------ checks of one param
