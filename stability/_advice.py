@@ -1,0 +1,119 @@
+"""The fix advice: which StabilityConfig change to try after an explosion, best first.
+
+:func:`suggest` ranks the interventions (precision, clipping, warm-up, on_spike, lr, init)
+from a :class:`~stability._diagnosis.Diagnosis` and the trace (or the run's config), each with
+the number that motivates it; a change the config would reject is never suggested.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from stability import trace as tr
+from stability._diagnosis import Diagnosis, Suggestion
+from stability.config import ConfigError, StabilityConfig
+
+__all__ = ["suggest"]
+
+_EARLY_ONSET = 500  # "the first few hundred steps": warm-up is the fix
+
+
+def _sig(value: float, digits: int = 3) -> float:
+    """Round to significant digits, as printed with ``:g``."""
+    return float(f"{value:.{digits}g}")
+
+
+def _nice_steps(value: float) -> int:
+    unit = 50 if value < 1000 else 500
+    return int(math.ceil(value / unit) * unit)
+
+
+def _warmup_in_trace(lr: np.ndarray) -> int:
+    """Steps until the lr first reaches 99 % of its peak (0 when it starts there)."""
+    finite = lr[np.isfinite(lr)]
+    if finite.size == 0 or finite.max() <= 0 or lr[0] >= 0.5 * finite.max():
+        return 0
+    return int(np.argmax(lr >= 0.99 * finite.max()))
+
+
+def suggest(diag: Diagnosis, frame: pd.DataFrame, config: StabilityConfig | None = None
+            ) -> list[Suggestion]:
+    """Concrete fixes for an explosion, each with its number and config change, best first."""
+    if not diag.exploded or diag.onset_step is None:
+        return []
+    cfg = config or StabilityConfig()
+    thresholds = frame["clip_threshold"].to_numpy(np.float64)
+    clipping = (cfg.clip_method != "none") if config is not None else bool(
+        np.isfinite(thresholds).any())
+    threshold = cfg.clip_threshold if config is not None else (
+        float(np.nanmedian(thresholds)) if clipping else math.nan)
+    fp16 = cfg.precision == "fp16" if config is not None else bool(
+        (frame["amp_scale"].to_numpy(np.float64) != 1.0).any())
+    warmup = cfg.warmup_steps if config is not None else _warmup_in_trace(
+        frame["lr"].to_numpy(np.float64))
+    onset, layer, p90 = diag.onset_step, diag.first_layer, diag.pre_onset_norm_p90
+    ranked: list[tuple[float, Suggestion]] = []
+
+    if fp16 and (diag.verdict_kind == "overflow_streak"
+                 or diag.overflow_count >= max(10, 0.05 * diag.steps)):
+        ranked.append((100 if diag.verdict_kind == "overflow_streak" else 60, Suggestion(
+            "precision", f"train in bf16 instead of fp16: {diag.overflow_count} of "
+            f"{diag.steps} steps overflowed (fp16 tops out at 65504; bf16 has fp32's range)",
+            {"precision": "bf16"})))
+    tight_clip = False
+    if p90 is not None and p90 > 0:
+        at = _sig(p90)
+        why = f"the 90th percentile of pre-onset norms (onset at step {onset})"
+        if not clipping or cfg.clip_method != "norm":
+            ranked.append((90, Suggestion("clip", f"clip by norm at {at:g}, {why}",
+                                          {"clip_method": "norm", "clip_threshold": at})))
+        elif threshold > 1.05 * p90:
+            ranked.append((80, Suggestion(
+                "clip", f"lower the clip threshold from {threshold:g} to {at:g}, {why}",
+                {"clip_method": "norm", "clip_threshold": at})))
+        else:
+            tight_clip = True  # clipping was already tight: the update size is not the cause
+    if onset <= _EARLY_ONSET:
+        steps = _nice_steps(max(100.0, 2.0 * onset))
+        if warmup < steps:
+            have = f"{warmup}-step warm-up" if warmup else "no warm-up"
+            ranked.append((95 if onset < 50 else 75, Suggestion(
+                "warmup", f"warm the lr up over {steps} steps: the explosion began early, at "
+                f"step {onset}, with {have}", {"warmup_steps": steps})))
+    if cfg.on_spike == "stop" and diag.verdict_kind in ("spike", "median_ratio", "ceiling"):
+        # a norm anomaly stopped the run: with skip, the step is dropped and training goes
+        # on; only spikes that do not settle (or a diverging loss) stop it
+        ranked.append((92 if tight_clip else 85, Suggestion(
+            "on_spike", f"skip anomalous steps instead of stopping (on_spike: skip): a "
+            f"{diag.verdict_kind} stopped the run; a spike that passes in a few steps costs "
+            "only its update", {"on_spike": "skip"})))
+    lr = diag.lr_at_onset
+    if lr is not None and math.isfinite(lr) and lr > 0:
+        lower = _sig(lr / 3.0, 2)
+        no_growth = diag.growth_rate is None or diag.growth_rate < 1.01
+        ranked.append((88 if tight_clip or no_growth else 50, Suggestion(
+            "lr", f"lower the lr to {lower:g} (onset at lr {lr:.3g})", {"lr": lower})))
+    if layer is not None and cfg.init == "default":
+        names = [tr.layer_of(c) for c in tr.layer_columns(frame)]
+        lowered = layer.lower()
+        if any(key in lowered for key in ("rnn", "lstm", "gru", "recurr")):
+            ranked.append((70, Suggestion(
+                "init", f"orthogonal init (gain 1) for {layer}, the first layer to blow up: "
+                "it keeps the recurrent Jacobian's spectrum near 1", {"init": "orthogonal",
+                                                                      "init_gain": 1.0})))
+        elif layer in names and len(names) >= 6 and names.index(layer) >= 2 * len(names) / 3:
+            ranked.append((55, Suggestion(
+                "init", f"residual_zero init (zero the last layer of each residual branch): "
+                f"the first layer to blow up, {layer}, is deep ({names.index(layer) + 1} of "
+                f"{len(names)})", {"init": "residual_zero"})))
+    out = []
+    for _, s in sorted(ranked, key=lambda item: -item[0]):
+        try:
+            cfg.replace(**s.changes)
+        except ConfigError:
+            continue  # never suggest a change the config would reject
+        out.append(s)
+    return out
