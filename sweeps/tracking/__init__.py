@@ -24,6 +24,7 @@ operations are spooled under ``TrackingSettings.spool_dir`` and uploaded later
 
 from __future__ import annotations
 
+from sweeps.tracking._failures import TrackingUnavailable
 from sweeps.tracking._settings import (
     DEFAULT_PLOTS,
     MIN_LAYER_EVERY,
@@ -38,10 +39,11 @@ from sweeps.tracking._settings import (
     auto_layer_every,
     default_spool_dir,
 )
-from sweeps.tracking._sink import SinkStats, TrackingUnavailable
-from sweeps.tracking._study import StudyTracker, study_url, study_urls
+from sweeps.tracking._sink import SinkStats
+from sweeps.tracking._study import StudyTracker
 from sweeps.tracking._sync import SyncReport, sync_spool
 from sweeps.tracking._trial import TrackerStats, TrialTracker
+from sweeps.tracking._view import study_url, study_urls
 
 __all__ = [
     "DEFAULT_PLOTS",

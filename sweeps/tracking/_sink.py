@@ -24,7 +24,6 @@ silently.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -35,6 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_setup import redact
+from sweeps.tracking._failures import (
+    TrackingUnavailable,
+    Unresolved,
+    is_locked,
+    is_transient,
+    quiet_lock_noise,
+)
+from sweeps.tracking._plots import render_plots
 from sweeps.tracking._settings import TAG_PARENT, TAG_PLACEHOLDER, quick_http_failures
 from sweeps.tracking._spool import (
     Spool,
@@ -49,17 +56,6 @@ __all__ = ["Sink", "SinkStats", "TrackingUnavailable"]
 _log = logging.getLogger("stabsweep.tracking")
 _WARNED: set[str] = set()
 _WARN_LOCK = threading.Lock()
-_TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "INTERNAL_ERROR",
-                    "DEADLINE_EXCEEDED", "SERVICE_UNDER_MAINTENANCE"}
-_LOCK_MARKERS = ("database is locked", "database table is locked", "database is busy")
-
-
-class TrackingUnavailable(Exception):
-    """The store could not be reached (or stayed locked); the operation can be retried."""
-
-
-class _Unresolved(Exception):
-    """The operation names a run created offline that the store does not have yet."""
 
 
 @dataclass
@@ -99,7 +95,7 @@ class Sink:
         if self._client is None:
             from mlflow import MlflowClient
 
-            _quiet_lock_noise()
+            quiet_lock_noise()
             self._client = MlflowClient(self.uri)
         return self._client
 
@@ -112,10 +108,10 @@ class Sink:
                 return True
             except TrackingUnavailable as exc:
                 self._go_offline(exc)
-            except _Unresolved:
+            except Unresolved:
                 self.offline = True
             except Exception as exc:
-                if not _is_transient(exc):
+                if not is_transient(exc):
                     self._reject(op, exc)
                     return False
                 self._go_offline(exc)
@@ -135,10 +131,10 @@ class Sink:
                     run_name=run_name))
                 self.stats.ops_sent += 1
                 return str(run.info.run_id)
-            except _Unresolved:
+            except Unresolved:
                 self.offline = True
             except Exception as exc:
-                if not _is_transient(exc) and not isinstance(exc, TrackingUnavailable):
+                if not is_transient(exc) and not isinstance(exc, TrackingUnavailable):
                     raise
                 self._go_offline(exc)
         self._spool_op(op)
@@ -188,10 +184,10 @@ class Sink:
             for i, op in enumerate(pending):
                 try:
                     self._run(op, spool)
-                except (_Unresolved, TrackingUnavailable):
+                except (Unresolved, TrackingUnavailable):
                     return len(pending) - i
                 except Exception as exc:
-                    if _is_transient(exc):
+                    if is_transient(exc):
                         return len(pending) - i
                     self._reject(op, exc)
                     spool.mark_rejected(int(op["id"]), f"{type(exc).__name__}: {exc}")
@@ -208,7 +204,7 @@ class Sink:
             return
         run_id = resolve_placeholder(self.spool_dir, op["run"])
         if run_id is None:
-            raise _Unresolved(op["run"])
+            raise Unresolved(op["run"])
         client = self.client
         if kind == "log_batch":
             from mlflow.entities import Metric, Param, RunTag
@@ -263,7 +259,7 @@ class Sink:
         if parent is not None and is_placeholder(parent):
             real = resolve_placeholder(self.spool_dir, parent)
             if real is None:
-                raise _Unresolved(parent)
+                raise Unresolved(parent)
             tags = {**tags, TAG_PARENT: real}
         return tags
 
@@ -275,7 +271,7 @@ class Sink:
             try:
                 return call()
             except Exception as exc:
-                if not _is_locked(exc):
+                if not is_locked(exc):
                     raise
                 if time.monotonic() + delay > deadline:
                     raise TrackingUnavailable(
@@ -321,85 +317,6 @@ class Sink:
                       stacklevel=3)
 
 
-def render_plots(folder: Path, out: Path, op: dict[str, Any], errors: list[str]) -> bool:
-    """``grad_norm_trace.png`` and ``layer_heatmap.png`` of a trial from its spooled
-    ``trace.parquet`` and ``diagnosis.json`` (drawn here, off the trial's critical path)."""
-    from types import SimpleNamespace
-
-    import pandas as pd
-
-    from stability.plots import plot_layer_heatmap, plot_trace
-    from stability.records import Verdict
-    from stability.trace import layer_columns
-
-    try:
-        trace = pd.read_parquet(folder / "trace.parquet")
-        diag = json.loads((folder / "diagnosis.json").read_text())
-    except Exception as exc:  # nothing to draw from: the run keeps its other artifacts
-        errors.append(f"plots: {type(exc).__name__}: {exc}")
-        return False
-    verdict = Verdict(**op["verdict"]) if op.get("verdict") else None
-    diagnosis = SimpleNamespace(onset_step=diag.get("onset_step"), verdict=verdict)
-    drawn = False
-    jobs = [("grad_norm_trace.png", lambda: plot_trace(
-        trace, out / "grad_norm_trace.png", verdict=verdict, diagnosis=diagnosis,  # type: ignore[arg-type]
-        title=op.get("title")))]
-    if layer_columns(trace):
-        jobs.append(("layer_heatmap.png", lambda: plot_layer_heatmap(
-            trace, out / "layer_heatmap.png",
-            title=f"trial {op.get('trial')}: per-layer gradient norm")))
-    for name, job in jobs:
-        try:
-            job()
-            drawn = True
-        except Exception as exc:  # a plot that fails must not stop the upload
-            errors.append(f"{name}: {type(exc).__name__}: {exc}")
-    return drawn
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
-
-def _is_locked(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return any(marker in text for marker in _LOCK_MARKERS)
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """True for "could not reach the store" errors: worth spooling and retrying."""
-    if isinstance(exc, (TrackingUnavailable, ConnectionError, TimeoutError)):
-        return True
-    try:
-        import requests
-
-        if isinstance(exc, requests.exceptions.RequestException):
-            return True
-    except ImportError:  # pragma: no cover - mlflow depends on requests
-        pass
-    code = getattr(exc, "error_code", None)
-    if code in _TRANSIENT_CODES:
-        return True
-    text = str(exc)
-    return "API request to" in text and ("failed with exception" in text
-                                         or "failed with timeout" in text)
-
-
-class _LockNoiseFilter(logging.Filter):
-    """MLflow logs every SQLAlchemy OperationalError with a traceback; a lock we retry is noise."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            text = record.getMessage()
-        except Exception:
-            return True
-        return not any(marker in text for marker in _LOCK_MARKERS)
-
-
-_FILTER = _LockNoiseFilter()
-
-
-def _quiet_lock_noise() -> None:
-    logger = logging.getLogger("mlflow.store.db.utils")
-    if _FILTER not in logger.filters:
-        logger.addFilter(_FILTER)

@@ -12,14 +12,8 @@ a run that looks like a success. Run layout::
                                        an exploded one is renamed ``trial-<n> [exploded @<step>]``,
                                        ends KILLED (a red cross) and has a red dot
 
-The URL to open (:meth:`StudyTracker.ui_url`, printed by ``stabsweep run`` and ``stabsweep
-ui``) is the experiment's runs in the UI's "Model training" mode with the shared view
-``stabsweep``: the study's runs listed flat (a search filter turns MLflow's nesting off, so
-every trial is visible without unfolding the study's row), best objective first, useful
-columns instead of the empty Source/Models/Dataset, and every run drawn in the charts (not
-only the first 10). MLflow 3.17 ignores ``mlflow.experimentKind`` once its GenAI / Model
-training switch exists: an experiment opened from the list shows the mode last chosen in that
-browser, so the printed URL carries ``workflowType=machine_learning``.
+The URL to open and the shared view behind it: :mod:`sweeps.tracking._view`; getting or
+creating the experiment and the study's run: :mod:`sweeps.tracking._experiment`.
 """
 
 from __future__ import annotations
@@ -34,22 +28,24 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from mlflow_setup import artifact_root_for, redact, resolve_tracking_uri
+from mlflow_setup import redact, resolve_tracking_uri
 from sweeps import keys
 from sweeps.tracking import _settings as names
+from sweeps.tracking._experiment import reusable_run, study_experiment
+from sweeps.tracking._failures import is_transient
 from sweeps.tracking._series import metric_key
 from sweeps.tracking._settings import (
     DEFAULT_PLOTS,
     TrackingSettings,
     default_spool_dir,
 )
-from sweeps.tracking._sink import Sink, _is_transient
+from sweeps.tracking._sink import Sink
 from sweeps.tracking._spool import Spool, spool_files
 from sweeps.tracking._sync import SyncReport, sync_spool
+from sweeps.tracking._view import study_url, view_state
 
-__all__ = ["StudyTracker", "flatten", "study_url", "study_urls", "view_state"]
+__all__ = ["StudyTracker", "flatten"]
 
 _MAX_PER_BATCH = 100  # MLflow's log_batch limit on params and on tags
 _PARAM_LEN = 6000
@@ -117,10 +113,10 @@ class StudyTracker:
         sink = Sink(tracking_uri, spool,
                     name=f"study-{study_name}-{socket.gethostname()}-{os.getpid()}")
         try:
-            experiment_id = _experiment(sink.client, study_name, tracking_uri)
-            parent = _reusable_run(sink.client, existing_parent_run_id, experiment_id)
+            experiment_id = study_experiment(sink.client, study_name, tracking_uri)
+            parent = reusable_run(sink.client, existing_parent_run_id, experiment_id)
         except Exception as exc:
-            if _is_transient(exc):
+            if is_transient(exc):
                 raise RuntimeError(
                     f"cannot reach the MLflow tracking store {redact(tracking_uri)} "
                     f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Start it "
@@ -164,8 +160,9 @@ class StudyTracker:
         return self.settings.for_run(run_id, self._run_names.get(run_id))
 
     def ui_url(self, base_url: str | None = None) -> str:
-        """Where to look: the study's trials in the UI's "Model training" mode (the module
-        doc). ``base_url``: the UI's address when the store is a database or a folder."""
+        """Where to look: the study's trials in the UI's "Model training" mode
+        (:mod:`sweeps.tracking._view`). ``base_url``: the UI's address when the store is a
+        database or a folder."""
         uri = self.sink.uri
         if base_url is None and uri.startswith(("http://", "https://")):
             base_url = uri
@@ -322,87 +319,12 @@ class StudyTracker:
                               "artifact_path": artifact_path})
 
 
-def study_url(base_url: str, experiment_id: str) -> str:
-    """The study's trials in the UI at ``base_url`` (credentials dropped)."""
-    parts = urlsplit(base_url)
-    base = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"),
-                       "", ""))
-    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-            f"&viewStateShareKey={names.VIEW_KEY}")
-
-
-def study_urls(tracking_uri: str, base_url: str) -> list[tuple[str, str]]:
-    """(study, URL of its trials) of every stabsweep study in the store, newest first."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    tag = f"mlflow.sharedViewState.{names.VIEW_KEY}"
-    return [(e.name, study_url(base_url, e.experiment_id))
-            for e in client.search_experiments(order_by=["last_update_time DESC"])
-            if tag in e.tags]
-
-
 def _objective(spec: Mapping[str, Any]) -> tuple[str, str]:
     objective = spec.get("objective")
     objective = objective if isinstance(objective, Mapping) else {}
     metric = str(objective.get("metric") or "eval_loss")
     direction = str(objective.get("direction") or "minimize").lower()
     return metric, "maximize" if direction.startswith("max") else "minimize"
-
-
-def view_state(study: str, metric: str, direction: str, params: list[str]) -> dict[str, Any]:
-    """The experiment's shared view (MLflow 3.17: search facets + runs-table UI state)."""
-    quoted = study.replace("\\", "\\\\").replace("'", "\\'")
-    columns = [f"metrics.`{metric}`", f"tags.`{names.TAG_STATE}`",
-               f"tags.`{names.TAG_ONSET_STEP}`", f"tags.`{names.TAG_FIRST_LAYER}`",
-               *(f"params.`{p}`" for p in params[:6])]
-    return {"searchFilter": f"tags.`{names.TAG_STUDY}` = '{quoted}'",
-            "orderByKey": f"metrics.`{metric}`", "orderByAsc": direction == "minimize",
-            "runsHiddenMode": "SHOW_ALL", "selectedColumns": columns,
-            "hideEmptyCharts": True}
-
-
-def _experiment(client: Any, name: str, uri: str) -> str:
-    from mlflow.exceptions import MlflowException
-
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        root = artifact_root_for(uri)
-        try:
-            return str(client.create_experiment(
-                name, artifact_location=f"{root}/{name}" if root else None,
-                tags={names.EXPERIMENT_KIND[0]: names.EXPERIMENT_KIND[1]}))
-        except MlflowException as exc:  # another driver created it meanwhile
-            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
-                raise
-            experiment = client.get_experiment_by_name(name)
-    if experiment.lifecycle_stage == "deleted":
-        raise ValueError(
-            f"MLflow experiment {name!r} (id {experiment.experiment_id}) is deleted. Restore "
-            f"it (`mlflow experiments restore --experiment-id {experiment.experiment_id}`), "
-            "delete it for good (`mlflow gc`), or choose another study name.")
-    if experiment.tags.get(names.EXPERIMENT_KIND[0]) != names.EXPERIMENT_KIND[1]:
-        client.set_experiment_tag(experiment.experiment_id, *names.EXPERIMENT_KIND)
-    return str(experiment.experiment_id)
-
-
-def _reusable_run(client: Any, run_id: str | None, experiment_id: str) -> str | None:
-    if not run_id:
-        return None
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        if _is_transient(exc):
-            raise
-        run = None
-    if (run is None or run.info.experiment_id != experiment_id
-            or run.info.lifecycle_stage != "active"):
-        warnings.warn(f"the study's MLflow run {run_id} is gone (deleted, or another store): "
-                      "a new study run is created.", RuntimeWarning, stacklevel=3)
-        return None
-    return str(run.info.run_id)
 
 
 def _yaml(data: Mapping[str, Any]) -> str:

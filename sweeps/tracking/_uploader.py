@@ -113,7 +113,9 @@ class _Tail:
 
 def _send(sink: Any, tail: _Tail) -> bool:
     """Send the tail's queued operations in order; False when the store is unreachable."""
-    from sweeps.tracking._sink import TrackingUnavailable, _is_transient, _Unresolved
+    from sweeps.tracking._failures import TrackingUnavailable
+    from sweeps.tracking._failures import Unresolved as _Unresolved
+    from sweeps.tracking._failures import is_transient as _is_transient
 
     if not tail.queue:
         return True
