@@ -148,26 +148,29 @@ class DriverTimers:
     (in the benchmark's own child process; a few clock reads per call)."""
 
     METHODS = ("_dispatch", "_prepare", "_collect", "_receive", "_tell", "_finished_count")
-    """Wrapped where the driver has them (``_prepare``/``_receive``: the proposed pipelining)."""
+    """Span names; ``_prepare``/``_receive`` (the proposed pipelining) stay empty."""
+    TARGETS = {"_dispatch": ("Dispatcher", "dispatch"), "_collect": ("Dispatcher", "collect"),
+               "_tell": ("module", "tell_outcome"), "_finished_count": ("module", "finished_count")}
+    """span -> what is wrapped: a Dispatcher method, or a function sweeps.dispatch calls."""
 
     def __init__(self) -> None:
         self.spans: dict[str, list[float]] = {name: [] for name in self.METHODS}
         self.collect_start: dict[int, float] = {}
 
     def install(self) -> None:
-        from sweeps import runner
+        from sweeps import dispatch
 
-        for name in self.METHODS:
-            if hasattr(runner._Driver, name):
-                setattr(runner._Driver, name, self._wrap(name, getattr(runner._Driver, name)))
+        for name, (where, attr) in self.TARGETS.items():
+            owner: Any = dispatch.Dispatcher if where == "Dispatcher" else dispatch
+            setattr(owner, attr, self._wrap(name, getattr(owner, attr)))
 
     def _wrap(self, name: str, original: Any) -> Any:
-        def timed(driver: Any, *args: Any) -> Any:
+        def timed(*args: Any) -> Any:
             start = time.perf_counter()
-            if name in ("_collect", "_receive") and args[0] in driver.running:
-                self.collect_start.setdefault(driver.running[args[0]].trial.number, start)
+            if name == "_collect" and args[1] in args[0].running:
+                self.collect_start.setdefault(args[0].running[args[1]].trial.number, start)
             try:
-                return original(driver, *args)
+                return original(*args)
             finally:
                 self.spans[name].append(time.perf_counter() - start)
 
@@ -208,6 +211,7 @@ def run_stabsweep(points: list[dict[str, Any]], steps: int, workers: int,
                   profile: bool) -> dict[str, Any]:
     import optuna
 
+    from sweeps.events import TrialDispatched, TrialEnded
     from sweeps.runner import RunOptions, run_sweep
     from sweeps.spec import parse_spec
 
@@ -229,15 +233,15 @@ def run_stabsweep(points: list[dict[str, Any]], steps: int, workers: int,
         walls: dict[int, float] = {}
         steps_run = []
 
-        def on_event(kind: str, data: dict[str, Any]) -> None:
-            if kind in marks:
-                marks[kind].append(time.perf_counter())
-            if kind == "dispatch":  # emitted once the task is submitted
-                dispatched[data["trial"]] = time.perf_counter()
-                params.append(dict(data["params"]))
-            if kind == "trial":
-                walls[data["trial"]] = float(data["wall_time_s"])
-                steps_run.append(int(data["steps_run"]))
+        def on_event(event: Any) -> None:
+            if isinstance(event, TrialDispatched):  # emitted once the task is submitted
+                marks["dispatch"].append(time.perf_counter())
+                dispatched[event.trial] = time.perf_counter()
+                params.append(dict(event.params))
+            if isinstance(event, TrialEnded):
+                marks["trial"].append(time.perf_counter())
+                walls[event.trial] = float(event.wall_time_s)
+                steps_run.append(int(event.steps_run))
 
         options = RunOptions(workers=workers, storage=url, tracking=False, cpus_per_trial=1.0,
                              workdir=Path(tmp))
@@ -335,8 +339,8 @@ def _profile_text(profiler: cProfile.Profile, lines: int = 25) -> str:
     buf = io.StringIO()
     stats = pstats.Stats(profiler, stream=buf).sort_stats("cumulative")
     stats.print_stats(lines)
-    stats.print_stats(r"sweeps[/\\](runner|space|storage|workers)\.py")
-    stats.print_callees(r"runner\.py:\d+\((_tell|_dispatch)\)")
+    stats.print_stats(r"sweeps[/\\](runner|dispatch|tell|space|storage|workers)\.py")
+    stats.print_callees(r"(tell|dispatch)\.py:\d+\((tell_outcome|dispatch)\)")
     return buf.getvalue()
 
 

@@ -6,10 +6,13 @@ to stop. Everything the trial produced comes back in a :class:`TrainResult`.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -37,6 +40,15 @@ class Progress:
     evaluated_now: bool = False
 
 
+class StopReason(StrEnum):
+    """Why :func:`train` stopped before its last step."""
+
+    EXPLOSION = "explosion"
+    """a detector fired."""
+    REPORT = "report"
+    """the ``report`` callback returned True (e.g. Optuna's pruner asked)."""
+
+
 @dataclass(slots=True)
 class TrainResult:
     config: StabilityConfig
@@ -47,8 +59,8 @@ class TrainResult:
     verdict: Verdict | None
     diagnosis: Diagnosis
     steps_run: int
-    stopped_by: str | None
-    """``explosion`` (a detector fired), ``callback`` (the report callback asked) or None."""
+    stopped_by: StopReason | None
+    """why training stopped early; None: it ran every step."""
     wall_time_s: float
     workload: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -56,6 +68,20 @@ class TrainResult:
     @property
     def exploded(self) -> bool:
         return self.verdict is not None
+
+    def save(self, out: str | Path) -> Path:
+        """Write ``trace.parquet``, ``diagnosis.json`` and the two plots (grad-norm trace,
+        layer heatmap) to folder ``out``; return it."""
+        from stability import plots
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        self.trace.to_parquet(out / "trace.parquet")
+        (out / "diagnosis.json").write_text(json.dumps(self.diagnosis.to_dict(), indent=2))
+        plots.plot_trace(self.trace, out / "grad_norm_trace.png", verdict=self.verdict,
+                         diagnosis=self.diagnosis)
+        plots.plot_layer_heatmap(self.trace, out / "layer_heatmap.png")
+        return out
 
 
 def train(
@@ -100,14 +126,14 @@ def train(
     start = time.perf_counter()
     evals: list[dict[str, float]] = []
     latest: dict[str, float] = {}
-    stopped_by: str | None = None
+    stopped_by: StopReason | None = None
     batches = iter(workload.batches())
     model.train()
     try:
         while guard.step_count < steps:
             batch = next(batches)
             if guard.step(workload.loss(model, batch)):
-                stopped_by = "explosion"
+                stopped_by = StopReason.EXPLOSION
                 break
             if guard.accumulating:  # the optimizer step is not done yet
                 continue
@@ -120,18 +146,18 @@ def train(
             if report is not None and done % report_every == 0:
                 guard.sync()
                 if guard.verdict is not None:
-                    stopped_by = "explosion"
+                    stopped_by = StopReason.EXPLOSION
                     break
                 record = guard.last_record
                 progress = Progress(done, record.loss if record else math.nan,
                                     {k: v for k, v in latest.items() if k != "step"},
                                     guard.verdict, evaluated)
                 if report(progress):
-                    stopped_by = "callback"
+                    stopped_by = StopReason.REPORT
                     break
         guard.sync()
         if guard.verdict is not None:
-            stopped_by = "explosion"
+            stopped_by = StopReason.EXPLOSION
         final = _evaluate(workload, model, guard.step_count)
         if not evals or evals[-1]["step"] != final["step"]:
             evals.append(final)

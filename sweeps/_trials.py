@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from sweeps import keys
+from sweeps.outcomes import Outcome
 
 if TYPE_CHECKING:
     import optuna
@@ -62,18 +63,19 @@ PARAM_PREFIX = "params_"
 BASE_COLUMNS = ("number", "state", "outcome", "reason", "value", "last_intermediate",
                 "steps_run", "attempt", "retry_of", "onset_step", "first_layer", "verdict_kind",
                 "wall_time_s", "exploded")
-RATED_OUTCOMES = (keys.COMPLETE, keys.EXPLODED, keys.SLOW)
+RATED_OUTCOMES = tuple(o for o in Outcome if o.finished)
 """Trials that ran to an end the sweep chose: the denominator of an explosion rate."""
-_STATE_OUTCOME = {"COMPLETE": keys.COMPLETE, "PRUNED": keys.SLOW, "FAIL": keys.FAILED,
-                  "RUNNING": "running", "WAITING": "waiting"}
 _INT_COLUMNS = ("steps_run", "attempt", "retry_of", "onset_step")
 
 
 # ------------------------------------------------------------------ one trial
 def outcome_of(trial: optuna.trial.FrozenTrial) -> str:
-    """The recorded outcome, or one read from the state (PRUNED without one: Optuna's pruner)."""
-    outcome = trial.user_attrs.get(keys.OUTCOME)
-    return str(outcome) if outcome else _STATE_OUTCOME.get(trial.state.name, "unknown")
+    """The recorded :class:`Outcome`, or one read from the state (PRUNED without one:
+    Optuna's pruner); a recorded word stabsweep does not know is kept as it is."""
+    recorded = trial.user_attrs.get(keys.OUTCOME)
+    if recorded:
+        return Outcome.parse(recorded) or str(recorded)
+    return Outcome.of_state(trial.state.name)
 
 
 def reason_of(trial: optuna.trial.FrozenTrial) -> str:
@@ -146,17 +148,17 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         last = (trial.intermediate_values[max(trial.intermediate_values)]
                 if trial.intermediate_values else math.nan)
         row: dict[str, Any] = {
-            "number": trial.number, "state": trial.state.name, "outcome": outcome,
+            "number": trial.number, "state": trial.state.name, "outcome": str(outcome),
             "reason": reason_of(trial),
             "value": _number(trial.value) if trial.state.name == "COMPLETE" else math.nan,
             "last_intermediate": _number(last),
             "steps_run": attrs.get(keys.STEPS_RUN), "attempt": attrs.get(keys.ATTEMPT, 1),
             "retry_of": attrs.get(keys.RETRY_OF),
-            "onset_step": attrs.get(keys.ONSET_STEP) if outcome == keys.EXPLODED else None,
-            "first_layer": first_layer_of(trial) if outcome == keys.EXPLODED else None,
-            "verdict_kind": verdict_kind_of(trial) if outcome == keys.EXPLODED else None,
+            "onset_step": attrs.get(keys.ONSET_STEP) if outcome == Outcome.EXPLODED else None,
+            "first_layer": first_layer_of(trial) if outcome == Outcome.EXPLODED else None,
+            "verdict_kind": verdict_kind_of(trial) if outcome == Outcome.EXPLODED else None,
             "wall_time_s": _number(attrs.get(keys.WALL_TIME)),
-            "exploded": outcome == keys.EXPLODED,
+            "exploded": outcome == Outcome.EXPLODED,
         }
         for name in names:
             row[PARAM_PREFIX + name] = trial.params.get(name, math.nan)

@@ -6,11 +6,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    import optuna
+
+    from sweeps.options import RunOptions
 
 app = typer.Typer(
     name="stabsweep",
@@ -72,38 +77,26 @@ def run(
 ) -> None:
     """Run (or resume) a stability sweep."""
     from sweeps.progress import SweepDisplay, summary_table
-    from sweeps.runner import RunOptions, SweepError, SweepInterrupted, run_sweep
+    from sweeps.runner import OptionError, RunOptions, SweepError, SweepInterrupted, run_sweep
     from sweeps.spec import SpecError, load_spec
 
     try:
         spec = load_spec(spec_path)
+        options = RunOptions(n_trials=n_trials, workers=workers, ray_address=ray_address,
+                             storage=storage, study=study, tracking_uri=tracking_uri,
+                             tracking=not no_tracking, cpus_per_trial=cpus_per_trial,
+                             gpus_per_trial=gpus_per_trial, seed=seed, max_retries=max_retries,
+                             storage_host=storage_host)
     except SpecError as exc:
         fail(_spec_message(exc))
-    if n_trials is not None and n_trials < 1:
-        fail(f"--n-trials must be >= 1; got {n_trials}.")
-    if workers is not None and workers < 1:
-        fail(f"--workers must be >= 1; got {workers} (omit it to use every CPU).")
-    if max_retries < 0:
-        fail(f"--max-retries must be >= 0; got {max_retries}.")
-    if cpus_per_trial <= 0 or gpus_per_trial < 0:
-        fail(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0; got {cpus_per_trial:g} "
-             f"and {gpus_per_trial:g}.")
+    except OptionError as exc:
+        fail_sweep(exc)
     if detach:
-        _submit(spec_path, spec.study if study is None else study, ray_address, {
-            "n_trials": n_trials, "workers": workers, "storage": storage, "study": study,
-            "tracking_uri": tracking_uri or (None if no_tracking
-                                             else os.environ.get("MLFLOW_TRACKING_URI")),
-            "no_tracking": no_tracking, "cpus_per_trial": cpus_per_trial,
-            "gpus_per_trial": gpus_per_trial, "seed": seed, "max_retries": max_retries})
+        _submit(spec_path, spec.study if study is None else study, options)
         return
     if storage_host != "127.0.0.1":
         err_console.print(f"note: the storage proxy will listen on {storage_host}, reachable "
                           "from other machines on that network.")
-    options = RunOptions(n_trials=n_trials, workers=workers, ray_address=ray_address,
-                         storage=storage, study=study, tracking_uri=tracking_uri,
-                         tracking=not no_tracking, cpus_per_trial=cpus_per_trial,
-                         gpus_per_trial=gpus_per_trial, seed=seed, max_retries=max_retries,
-                         storage_host=storage_host)
     display = SweepDisplay(console)
     try:
         summary = run_sweep(spec, options, on_event=display)
@@ -112,13 +105,12 @@ def run(
         fail(_spec_message(exc))
     except SweepInterrupted as exc:
         display.close()
-        name = study or spec.study
         err_console.print(f"{exc}. Resume with: stabsweep run {spec_path}"
-                          + (f" --study {name}" if study else ""), highlight=False)
+                          + (f" --study {study}" if study else ""), highlight=False)
         raise typer.Exit(130) from None
     except SweepError as exc:
         display.close()
-        fail(str(exc))
+        fail_sweep(exc)
     display.close()
     console.print(summary_table(summary))
     name = summary.study
@@ -126,32 +118,38 @@ def run(
                   f"stabsweep export {name} -o best.yaml", highlight=False)
 
 
-def _submit(spec_path: Path, study: str, address: str | None,
-            options: dict[str, object]) -> None:
-    from mlflow_setup.uri import redact
-    from sweeps.service import ServiceError, has_password, submit
+_FLAG_HINT = {"study": "--study NEW_NAME starts a new study",
+              "tracking": "--no-tracking runs without MLflow",
+              "storage": "--storage URL chooses the storage",
+              "workers": "see --workers, --cpus-per-trial, --gpus-per-trial"}
+"""What to type, for a library error that names the option which would fix it."""
 
-    storage, uri = options["storage"], options["tracking_uri"]
-    if not storage:
-        fail("--detach: give --storage (a database server such as postgresql://user@db/optuna, "
-             "or an absolute sqlite:////path the cluster's head can write): the job's folder "
-             "on the cluster is temporary.")
-    if not options["no_tracking"] and not uri:
-        fail("--detach: give --tracking-uri http://<mlflow server> or --no-tracking: the "
-             "job's folder on the cluster is temporary.")
-    for flag, value in (("--storage", storage), ("--tracking-uri", uri)):
-        if has_password(str(value) if value else None):
-            fail(f"--detach: {flag} {redact(str(value))} holds a password, which Ray would keep "
-                 "with the job (the dashboard shows it). Drop it from the URL and give it to "
-                 "the cluster's nodes (PGPASSWORD or ~/.pgpass where `ray start` runs).")
+
+def fail_sweep(exc: Exception) -> NoReturn:
+    """A library error in the CLI's words: an OptionError names its flag (``--n-trials must be
+    >= 1``); another error naming its option gets the flag that changes it as a hint."""
+    from sweeps.errors import OptionError
+
+    option = getattr(exc, "option", None)
+    if isinstance(exc, OptionError):
+        fail(f"--{str(exc.option).replace('_', '-')} {exc.message}")
+    hint = _FLAG_HINT.get(option or "")
+    fail(f"{exc} ({hint})" if hint else str(exc))
+
+
+def _submit(spec_path: Path, study: str, options: RunOptions) -> None:
+    from mlflow_setup.uri import redact
+    from sweeps.service import ServiceError, submit_sweep
+
     try:
-        job_id = submit(spec_path, address, options, study)
+        job_id = submit_sweep(spec_path, options, study)
     except ServiceError as exc:
-        fail(str(exc))
+        fail_sweep(exc)
+    address = options.ray_address
     console.print(f"submitted job {job_id} (study {study})", highlight=False)
     where = f" --ray-address {address}" if address else ""
     console.print(f"follow: stabsweep logs {job_id} --follow{where}\n"
-                  f"status: stabsweep status {study} --storage {redact(str(storage))}\n"
+                  f"status: stabsweep status {study} --storage {redact(str(options.storage))}\n"
                   f"stop:   stabsweep stop {job_id}{where}", highlight=False)
 
 
@@ -211,23 +209,13 @@ def _spec_message(exc: Exception) -> str:
     return str(exc)
 
 
-def _load_study(name: str, storage: str | None):  # type: ignore[no-untyped-def]
-    import optuna
+def _load_study(name: str, storage: str | None) -> optuna.Study:
+    from sweeps.studies import StudyNotFound, load_study
 
-    from mlflow_setup.uri import redact
-    from sweeps.storage import default_storage_url, sqlite_path
-
-    url = storage or default_storage_url()
-    path = sqlite_path(url)
-    if path is not None and not path.exists():
-        fail(f"no study storage at {path}; run `stabsweep run SPEC` here first, "
-             "or pass --storage.")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return optuna.load_study(study_name=name, storage=url)
-    except KeyError:
-        names = optuna.get_all_study_names(storage=url)
-        fail(f"no study {name!r} in {redact(url)}; studies there: {', '.join(names) or 'none'}.")
+        return load_study(name, storage)
+    except StudyNotFound as exc:
+        fail_sweep(exc)
 
 
 @app.command()
@@ -281,7 +269,7 @@ def export(
     loaded = _load_study(study, storage)
     try:
         export_best(loaded, output, top=top, confirm_seeds=confirm_seeds,
-                             console=console)
+                    say=lambda line: console.print(line, highlight=False))
     except ExportError as exc:
         fail(str(exc), code=1)
     except WorkloadError as exc:  # the confirmation runs cannot build the study's workload
@@ -393,31 +381,24 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train a workload under a config and print the diagnosis."""
-    from stability.config import ConfigError, StabilityConfig
+    from stability.config import ConfigError
     from stability.trainer import train as run_training
     from stability.workloads import WorkloadError
+    from sweeps.errors import OptionError
+    from sweeps.export import training_plan
 
     try:
-        cfg = StabilityConfig.load(config)
-        provenance = _provenance(config)
-        exported = provenance.get("workload") or {}
-        if workload is None and not exported.get("name"):
-            fail(f"--workload is required: {config} does not name one (e.g. --workload "
-                 "deep_mlp; `stabsweep workloads` lists them).")
-        if steps is not None and steps < 1:
-            fail(f"--steps must be >= 1; got {steps}.")
-        same = workload is None or workload == exported.get("name")
-        # The export's workload arguments come along unless another workload is named.
-        workload_args = dict(exported.get("args") or {}) if same else {}
-        workload_args.update(_parse_args(arg or []))
-        workload = workload or exported["name"]
-        steps = steps if steps is not None else int(provenance.get("steps") or 300)
-        result = run_training(workload, cfg, steps=steps, seed=seed, device=device,
-                              eval_every=eval_every, workload_args=workload_args)
+        plan = training_plan(config, workload=workload, steps=steps,
+                             workload_args=_parse_args(arg or []))
+        result = run_training(plan.workload, plan.config, steps=plan.steps, seed=seed,
+                              device=device, eval_every=eval_every,
+                              workload_args=plan.workload_args)
+    except OptionError as exc:
+        fail_sweep(exc)
     except (ConfigError, WorkloadError) as exc:
         fail(f"{config}: {exc}" if isinstance(exc, ConfigError) else str(exc))
     if out is not None:
-        _save_run(result, out)
+        result.save(out)
     if as_json:
         print(json.dumps({"steps_run": result.steps_run, "exploded": result.exploded,
                           "final_eval": result.final_eval,
@@ -432,18 +413,6 @@ def train(
     raise typer.Exit(1 if result.exploded else 0)
 
 
-def _provenance(path: Path) -> dict:  # type: ignore[type-arg]
-    """The ``provenance`` block of a file ``stabsweep export`` wrote (empty otherwise)."""
-    import yaml
-
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    block = doc.get("provenance") if isinstance(doc, dict) else None
-    return block if isinstance(block, dict) else {}
-
-
 def _parse_args(items: list[str]) -> dict[str, object]:
     import yaml
 
@@ -456,20 +425,9 @@ def _parse_args(items: list[str]) -> dict[str, object]:
     return parsed
 
 
-def _save_run(result, out: Path) -> None:  # type: ignore[no-untyped-def]
-    from stability import plots
-
-    out.mkdir(parents=True, exist_ok=True)
-    result.trace.to_parquet(out / "trace.parquet")
-    (out / "diagnosis.json").write_text(json.dumps(result.diagnosis.to_dict(), indent=2))
-    plots.plot_trace(result.trace, out / "grad_norm_trace.png", verdict=result.verdict,
-                     diagnosis=result.diagnosis)
-    plots.plot_layer_heatmap(result.trace, out / "layer_heatmap.png")
-
-
 def main() -> None:
     app()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import statistics
 import tempfile
 from collections.abc import Callable, Mapping
@@ -20,12 +19,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlflow_setup.uri import redact
 from stability.config import ConfigError, StabilityConfig
 from sweeps import keys
+from sweeps.outcomes import Outcome
 
 if TYPE_CHECKING:
     import optuna
-    from rich.console import Console
 
     from sweeps.spec import SweepSpec
 
@@ -33,21 +33,18 @@ __all__ = [
     "ExportError",
     "ExportResult",
     "RunFn",
+    "TrainingPlan",
     "best_trial",
     "default_run_fn",
     "export_best",
-    "redact_url",
     "storage_url_of",
+    "training_plan",
     "trial_config",
 ]
 
 RunFn = Callable[[StabilityConfig, dict[str, Any], int], tuple[float, bool]]
 """``run_fn(config, workload_args, seed) -> (objective value, exploded)``."""
 
-_USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
-_SECRET_QUERY_RE = re.compile(
-    r"([?&](?:password|passwd|pwd|pass|secret|token|api_key|apikey|access_key)=)[^&#]*",
-    re.IGNORECASE)
 
 
 class ExportError(RuntimeError):
@@ -78,7 +75,7 @@ def best_trial(study: optuna.Study, top: int = 1) -> list[optuna.trial.FrozenTri
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
     stable = [t for t in study.get_trials(deepcopy=False,
                                           states=(optuna.trial.TrialState.COMPLETE,))
-              if t.user_attrs.get(keys.OUTCOME) != keys.EXPLODED
+              if t.user_attrs.get(keys.OUTCOME) != Outcome.EXPLODED
               and t.value is not None and math.isfinite(t.value)]
     stable.sort(key=lambda t: (sign * float(t.value), t.number))  # type: ignore[arg-type]
     return stable[:top]
@@ -116,11 +113,6 @@ def trial_config(trial: optuna.trial.FrozenTrial, spec: SweepSpec | None
 
 
 # ------------------------------------------------------------------ provenance helpers
-def redact_url(url: str) -> str:
-    """``url`` without credentials: ``user:password@`` goes, secret query values are masked."""
-    return _SECRET_QUERY_RE.sub(r"\1REDACTED", _USERINFO_RE.sub(r"\1", url))
-
-
 def storage_url_of(study: optuna.Study) -> str:
     """Where the study lives (RDB URL, journal file or ``in-memory``), not yet redacted."""
     storage = study._storage
@@ -193,7 +185,7 @@ class _Candidate:
 
 
 def export_best(study: optuna.Study, path: str | Path, *, top: int = 1, confirm_seeds: int = 0,
-                run_fn: RunFn | None = None, console: Console | None = None,
+                run_fn: RunFn | None = None, say: Callable[[str], None] | None = None,
                 storage_url: str | None = None) -> ExportResult:
     """Write the best stable trial's StabilityConfig, with provenance, to ``path`` (YAML).
 
@@ -216,15 +208,15 @@ def export_best(study: optuna.Study, path: str | Path, *, top: int = 1, confirm_
     candidates = best_trial(study, top if confirm_seeds else 1)
     if not candidates:
         outcomes = [outcome_of(t) for t in study.get_trials(deepcopy=False)]
-        failed = sum(o in (keys.FAILED, keys.WORKER_LOST, keys.INTERRUPTED) for o in outcomes)
+        failed = sum(1 for o in outcomes if (Outcome.parse(o) or Outcome.COMPLETE).failed)
         raise ExportError(f"study {study.study_name!r} has no completed trial without an "
-                          f"explosion ({outcomes.count(keys.EXPLODED)} exploded, {failed} "
+                          f"explosion ({outcomes.count(Outcome.EXPLODED)} exploded, {failed} "
                           "failed); run more trials or narrow the lr range")
     pool = [_Candidate(t, *trial_config(t, spec)) for t in candidates]
     seeds = [(spec.seed if spec is not None else 0) + i for i in range(1, confirm_seeds + 1)]
     chosen = pool[0]
     if confirm_seeds:
-        chosen = _confirm(study, spec, pool, seeds, run_fn, console)
+        chosen = _confirm(study, spec, pool, seeds, run_fn, say or _quiet)
     metric = spec.objective.metric if spec is not None else "objective"
     direction = study.direction.name.lower()
     value = float(chosen.trial.value)  # type: ignore[arg-type]
@@ -233,7 +225,7 @@ def export_best(study: optuna.Study, path: str | Path, *, top: int = 1, confirm_
         "trial": chosen.trial.number,
         "objective": {"metric": metric, "direction": direction, "value": value},
         "params": dict(chosen.trial.params),
-        "storage": redact_url(storage_url or storage_url_of(study)),
+        "storage": redact(storage_url or storage_url_of(study)),
         "seeds_confirmed": seeds if confirm_seeds else [],
         "confirmed_values": dict(chosen.values),
         "workload": {"name": spec.workload.name if spec is not None else None,
@@ -249,18 +241,20 @@ def export_best(study: optuna.Study, path: str | Path, *, top: int = 1, confirm_
             {"trial": c.trial.number, "sweep_value": float(c.trial.value),  # type: ignore[arg-type]
              "values": dict(c.values), "unstable_seeds": dict(c.unstable)} for c in pool]
     _write_atomic(target, chosen.config, provenance)
-    if console is not None:
-        confirmed = (f", median {chosen.median:.4g} over seeds {seeds}" if confirm_seeds
-                     else "")
-        console.print(f"exported trial {chosen.trial.number} ({metric} {value:.4g} in the sweep"
-                      f"{confirmed}) to {target}", highlight=False)
+    confirmed = f", median {chosen.median:.4g} over seeds {seeds}" if confirm_seeds else ""
+    (say or _quiet)(f"exported trial {chosen.trial.number} ({metric} {value:.4g} in the sweep"
+                    f"{confirmed}) to {target}")
     return ExportResult(path=target, trial_number=chosen.trial.number, value=value,
                         confirmed=dict(chosen.values), config=chosen.config,
                         workload_args=dict(chosen.workload_args), provenance=provenance)
 
 
+def _quiet(line: str) -> None:
+    return None
+
+
 def _confirm(study: optuna.Study, spec: SweepSpec | None, pool: list[_Candidate],
-             seeds: list[int], run_fn: RunFn | None, console: Console | None) -> _Candidate:
+             seeds: list[int], run_fn: RunFn | None, say: Callable[[str], None]) -> _Candidate:
     """Run every candidate on every seed (a candidate stops at its first unstable seed)."""
     if run_fn is None:
         if spec is None:
@@ -276,11 +270,9 @@ def _confirm(study: optuna.Study, spec: SweepSpec | None, pool: list[_Candidate]
             if exploded or not math.isfinite(float(value)):
                 candidate.unstable[seed] = "exploded" if exploded else "non-finite objective"
                 break
-        if console is not None:
-            state = (f"unstable on seed {next(iter(candidate.unstable))}" if candidate.unstable
-                     else f"stable, median {candidate.median:.4g}")
-            console.print(f"trial {candidate.trial.number}: {state} over seeds "
-                          f"{list(candidate.values)}", highlight=False)
+        state = (f"unstable on seed {next(iter(candidate.unstable))}" if candidate.unstable
+                 else f"stable, median {candidate.median:.4g}")
+        say(f"trial {candidate.trial.number}: {state} over seeds {list(candidate.values)}")
     stable = [c for c in pool if not c.unstable]
     if not stable:
         detail = "; ".join(f"trial {c.trial.number} {why} on seed {seed}"
@@ -302,3 +294,54 @@ def _write_atomic(target: Path, config: StabilityConfig, provenance: dict[str, A
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# ------------------------------------------------------------------ reading it back
+@dataclass(slots=True)
+class TrainingPlan:
+    """What ``stabsweep train FILE`` runs: the config, and the workload, its arguments and the
+    steps an exported file names unless the caller chose others."""
+
+    config: StabilityConfig
+    workload: str
+    workload_args: dict[str, Any]
+    steps: int
+
+
+def training_plan(path: str | Path, *, workload: str | None = None, steps: int | None = None,
+                  workload_args: Mapping[str, Any] | None = None,
+                  default_steps: int = 300) -> TrainingPlan:
+    """The run a config file describes. A file :func:`export_best` wrote names its workload,
+    arguments and steps (its ``provenance``); ``workload``/``steps`` override them, and the
+    export's arguments are kept only for its own workload, under ``workload_args``.
+
+    Raises ConfigError for a bad config, OptionError (``workload``, ``steps``) when the run
+    cannot be made out."""
+    from sweeps.errors import OptionError
+
+    config = StabilityConfig.load(path)
+    provenance = _provenance(Path(path))
+    exported = provenance.get("workload") or {}
+    if workload is None and not exported.get("name"):
+        raise OptionError("workload", f"is required: {path} does not name one (e.g. "
+                          "deep_mlp; `stabsweep workloads` lists them).")
+    if steps is not None and steps < 1:
+        raise OptionError("steps", f"must be >= 1; got {steps}.")
+    same = workload is None or workload == exported.get("name")
+    args = dict(exported.get("args") or {}) if same else {}
+    args.update(workload_args or {})
+    return TrainingPlan(config, workload or str(exported["name"]), args,
+                        steps if steps is not None else int(provenance.get("steps")
+                                                            or default_steps))
+
+
+def _provenance(path: Path) -> dict[str, Any]:
+    """The ``provenance`` block of a file ``export_best`` wrote (empty otherwise)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    block = doc.get("provenance") if isinstance(doc, dict) else None
+    return block if isinstance(block, dict) else {}

@@ -5,7 +5,7 @@ Trial user attributes (set by the driver when it tells Optuna a trial's end):
 ==========================  =====================================================================
 key                         value
 ==========================  =====================================================================
-stabsweep.outcome           one of OUTCOMES
+stabsweep.outcome           an Outcome (sweeps.outcomes)
 stabsweep.reason            one line: why the trial ended this way
 stabsweep.verdict           Verdict.to_dict() of the detector that fired (exploded trials)
 stabsweep.onset_step        step the explosion started (diagnosis), exploded trials
@@ -51,11 +51,9 @@ STUDY_SIGNATURE = PREFIX + "space_signature"
 STUDY_VERSION = PREFIX + "version"
 STUDY_MLFLOW_RUN = PREFIX + "mlflow_run_id"
 
-# Trial outcomes. Optuna state in brackets.
-COMPLETE = "complete"        # ran all its steps, no explosion            [COMPLETE]
-EXPLODED = "exploded"        # a detector fired: pruned at once          [PRUNED]
-SLOW = "slow"                # Optuna's pruner stopped a stable trial     [PRUNED]
-FAILED = "failed"            # the workload raised                        [FAIL]
-WORKER_LOST = "worker_lost"  # worker process / node died; retried        [FAIL]
-INTERRUPTED = "interrupted"  # Ctrl-C or the driver died; retried on resume [FAIL]
-OUTCOMES = (COMPLETE, EXPLODED, SLOW, FAILED, WORKER_LOST, INTERRUPTED)
+# The outcome words live in sweeps.outcomes.Outcome (with their Optuna state and look).
+from sweeps.outcomes import Outcome  # noqa: E402
+
+COMPLETE, EXPLODED, SLOW = Outcome.COMPLETE, Outcome.EXPLODED, Outcome.SLOW
+FAILED, WORKER_LOST, INTERRUPTED = Outcome.FAILED, Outcome.WORKER_LOST, Outcome.INTERRUPTED
+OUTCOMES = tuple(o for o in Outcome if o.state not in ("RUNNING", "WAITING"))

@@ -1,6 +1,6 @@
 """One trial, as a worker runs it: params -> StabilityConfig -> train -> outcome.
 
-``run_trial`` is plain Python (no Ray): the Ray actor in :mod:`sweeps.runner` calls it, and so
+``run_trial`` is plain Python (no Ray): the Ray actor in :mod:`sweeps.workers` calls it, and so
 can a test or a benchmark. It never raises for a workload's error: a failure is an outcome,
 with its traceback, so one bad trial never takes the sweep down.
 """
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sweeps import keys
+from sweeps.outcomes import Outcome
 
 PENALTY = 1e12
 """Intermediate value reported before pruning an exploded trial (sign follows the direction),
@@ -55,8 +56,8 @@ class TrialTask:
 @dataclass(slots=True)
 class TrialOutcome:
     trial_number: int
-    outcome: str
-    """one of sweeps.keys.OUTCOMES: complete, exploded, slow, failed."""
+    outcome: Outcome
+    """complete, exploded, slow or failed (the worker's view; the driver adds lost ones)."""
     value: float | None
     reason: str
     steps_run: int = 0
@@ -85,7 +86,7 @@ class TrialOutcome:
             attrs[keys.VERDICT] = _finite_or_str(self.verdict)
         if self.diagnosis is not None:
             attrs[keys.DIAGNOSIS] = self.diagnosis
-            if self.verdict is not None or self.outcome == keys.EXPLODED:
+            if self.verdict is not None or self.outcome == Outcome.EXPLODED:
                 attrs[keys.ONSET_STEP] = self.diagnosis.get("onset_step")
                 attrs[keys.FIRST_LAYER] = self.diagnosis.get("first_layer")
         if self.error is not None:
@@ -113,8 +114,8 @@ def run_trial(task: TrialTask, *, device: str = "cpu", info: dict[str, Any] | No
     import time
 
     from stability.config import StabilityConfig
-    from stability.detectors import detector_for
-    from stability.trainer import train
+    from stability.detectors import Detector, VerdictRecorder, detector_for
+    from stability.trainer import StopReason, train
 
     start = time.perf_counter()
     info = info or {}
@@ -139,10 +140,10 @@ def run_trial(task: TrialTask, *, device: str = "cpu", info: dict[str, Any] | No
 
     try:
         config = StabilityConfig.from_dict(task.config)
-        detector = detector_for(config, task.detector)
+        detector: Detector = detector_for(config, task.detector)
         observer = None
         if not task.stop_on_explosion:
-            detector = observer = _VerdictRecorder(detector)
+            detector = observer = VerdictRecorder(detector)
         result = train(
             task.workload, config, steps=task.steps, eval_every=task.eval_every,
             report_every=task.report_every, report=report, detector=detector, seed=task.seed,
@@ -154,13 +155,13 @@ def run_trial(task: TrialTask, *, device: str = "cpu", info: dict[str, Any] | No
             tracker.finish_failed(exc)
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         return TrialOutcome(
-            task.trial_number, keys.FAILED, None,
+            task.trial_number, Outcome.FAILED, None,
             f"workload raised {type(exc).__name__}: {first_line}", steps_run=steps_done[0],
             error=traceback.format_exc(), wall_time_s=time.perf_counter() - start, worker=info,
             mlflow_run_id=tracker.run_id if tracker is not None else None)
     value = result.final_eval.get(task.metric, math.nan)
     outcome = TrialOutcome(
-        task.trial_number, keys.COMPLETE, value, "", steps_run=result.steps_run,
+        task.trial_number, Outcome.COMPLETE, value, "", steps_run=result.steps_run,
         intermediate=intermediate, reported_by_worker=reporter is not None,
         diagnosis=result.diagnosis.to_dict(), final_eval=result.final_eval,
         wall_time_s=time.perf_counter() - start, worker=info)
@@ -171,49 +172,27 @@ def run_trial(task: TrialTask, *, device: str = "cpu", info: dict[str, Any] | No
         outcome.verdict = observer.verdict.to_dict()
         outcome.diagnosis = diagnose(result.trace, observer.verdict, result.config).to_dict()
     if result.verdict is not None:
-        outcome.outcome, outcome.value = keys.EXPLODED, sign * PENALTY
+        outcome.outcome, outcome.value = Outcome.EXPLODED, sign * PENALTY
         outcome.verdict = result.verdict.to_dict()
         outcome.reason = f"exploded: {result.verdict}"
-    elif result.stopped_by == "callback":
-        outcome.outcome = keys.SLOW
+    elif result.stopped_by is StopReason.REPORT:
+        outcome.outcome = Outcome.SLOW
         outcome.value = intermediate[-1][1] if intermediate else None
         outcome.reason = (f"pruned by the {task.metric} pruner at step {result.steps_run} "
                           "(stable but slow)")
     elif task.metric not in result.final_eval:
-        outcome.outcome, outcome.value = keys.FAILED, None
+        outcome.outcome, outcome.value = Outcome.FAILED, None
         outcome.reason = (f"objective metric {task.metric!r} not in the workload's evaluation "
                           f"(it returns {sorted(result.final_eval)}); fix objective.metric")
     elif not math.isfinite(value):
         # Diverged without tripping a detector (e.g. NaN eval): still an explosion.
-        outcome.outcome, outcome.value = keys.EXPLODED, sign * PENALTY
+        outcome.outcome, outcome.value = Outcome.EXPLODED, sign * PENALTY
         outcome.reason = f"exploded: final {task.metric} is {value}"
     else:
         outcome.reason = f"completed {result.steps_run} steps"
     if tracker is not None:
         outcome.mlflow_run_id = tracker.finish(result, outcome)
     return outcome
-
-
-class _VerdictRecorder:
-    """Wraps a detector for ``stop_on_explosion: false``: keeps its first verdict and hides
-    every verdict from the guard, so training goes on to the last step."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.verdict: Any = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def reset(self) -> None:
-        self.inner.reset()
-        self.verdict = None
-
-    def observe(self, step: int, stats: Any) -> Any:
-        verdict = self.inner.observe(step, stats)
-        if self.verdict is None:
-            self.verdict = verdict
-        return None
 
 
 class _OptunaReporter:

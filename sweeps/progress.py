@@ -9,33 +9,56 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sweeps import keys
-
-_STYLE = {keys.COMPLETE: "green", keys.EXPLODED: "red", keys.SLOW: "yellow",
-          keys.FAILED: "magenta", keys.WORKER_LOST: "magenta", keys.INTERRUPTED: "magenta"}
+from sweeps.events import (
+    AlreadyDone,
+    StorageServed,
+    SweepEvent,
+    SweepStarted,
+    SweepWarning,
+    TrialEnded,
+    TrialRecovered,
+)
+from sweeps.outcomes import Outcome
+from sweeps.summary import SweepSummary
 
 
 class SweepDisplay:
-    """Consumes the runner's events: a line per finished trial, a live bar on a terminal."""
+    """Draws the runner's events: a line per finished trial, a live bar on a terminal."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.counts = {"finished": 0, keys.EXPLODED: 0, keys.SLOW: 0, "failed": 0}
+        self.finished = self.failed = 0
+        self.ended: dict[Outcome, int] = {}
         self.best: float | None = None
         self.progress: Progress | None = None
         self.task_id: Any = None
         self.started = time.perf_counter()
 
-    def __call__(self, kind: str, data: dict[str, Any]) -> None:
-        handler = getattr(self, f"_on_{kind}", None)
-        if handler is not None:
-            handler(data)
+    def __call__(self, event: SweepEvent) -> None:
+        match event:
+            case SweepStarted():
+                self._start(event)
+            case StorageServed(host=host, port=port):
+                self._say(f"serving the study storage to workers on {host}:{port} "
+                          "(gRPC storage proxy)")
+            case TrialRecovered(trial=number):
+                self._say(f"trial {number} was left running by a stopped sweep: closed as "
+                          "FAIL (interrupted), its params will be retried")
+            case AlreadyDone(finished=finished, n_trials=n_trials):
+                self._say(f"the study already has {finished} finished trials (n_trials "
+                          f"{n_trials}); raise n_trials to run more")
+            case SweepWarning(message=message):
+                self.console.print(f"[yellow]warning:[/] {message}", highlight=False)
+            case TrialEnded():
+                self._trial(event)
 
-    def _on_start(self, data: dict[str, Any]) -> None:
-        self.counts["finished"] = data["finished"]
-        self.console.print(
-            f"study [bold]{data['study']}[/]: {data['finished']}/{data['n_trials']} finished, "
-            f"{_plural(data['workers'], 'worker')}, storage {data['storage']}", highlight=False)
+    def _say(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
+    def _start(self, event: SweepStarted) -> None:
+        self.finished = event.finished
+        self._say(f"study [bold]{event.study}[/]: {event.finished}/{event.n_trials} finished, "
+                  f"{_plural(event.workers, 'worker')}, storage {event.storage}")
         if self.console.is_terminal:
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(),
@@ -44,52 +67,30 @@ class SweepDisplay:
                 console=self.console, transient=True)
             self.progress.start()
             self.task_id = self.progress.add_task(
-                "trials", total=data["n_trials"], completed=data["finished"],
+                "trials", total=event.n_trials, completed=event.finished,
                 status=self._status())
 
-    def _on_proxy(self, data: dict[str, Any]) -> None:
-        self.console.print(f"serving the study storage to workers on "
-                           f"{data['host']}:{data['port']} (gRPC storage proxy)", highlight=False)
-
-    def _on_recovered(self, data: dict[str, Any]) -> None:
-        self.console.print(f"trial {data['trial']} was left running by a stopped sweep: "
-                           "closed as FAIL (interrupted), its params will be retried",
-                           highlight=False)
-
-    def _on_already_done(self, data: dict[str, Any]) -> None:
-        self.console.print(f"the study already has {data['finished']} finished trials "
-                           f"(n_trials {data['n_trials']}); raise --n-trials to run more",
-                           highlight=False)
-
-    def _on_warning(self, data: dict[str, Any]) -> None:
-        self.console.print(f"[yellow]warning:[/] {data['message']}", highlight=False)
-
-    def _on_trial(self, data: dict[str, Any]) -> None:
-        outcome = data["outcome"]
-        if outcome in (keys.COMPLETE, keys.EXPLODED, keys.SLOW):
-            self.counts["finished"] += 1
-        if outcome in (keys.EXPLODED, keys.SLOW):
-            self.counts[outcome] += 1
-        if outcome in (keys.FAILED, keys.WORKER_LOST, keys.INTERRUPTED):
-            self.counts["failed"] += 1
-        self.best = data.get("best")
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in data["params"].items())
-        value = "" if data["value"] is None or outcome != keys.COMPLETE else \
-            f" value {data['value']:.4g}"
-        style = _STYLE.get(outcome, "white")
-        line = (f"trial {data['trial']:>3} [{style}]{outcome:<9}[/]{value} "
-                f"({data['steps_run']} steps, {data['wall_time_s']:.1f} s) {params}")
-        if outcome != keys.COMPLETE:
-            line += f"\n            {data['reason']}"
+    def _trial(self, event: TrialEnded) -> None:
+        outcome = event.outcome
+        self.finished += outcome.finished
+        self.failed += outcome.failed
+        self.ended[outcome] = self.ended.get(outcome, 0) + 1
+        self.best = event.best
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in event.params.items())
+        value = (f" value {event.value:.4g}"
+                 if event.value is not None and outcome is Outcome.COMPLETE else "")
+        line = (f"trial {event.trial:>3} [{outcome.look.style}]{outcome:<9}[/]{value} "
+                f"({event.steps_run} steps, {event.wall_time_s:.1f} s) {params}")
+        if outcome is not Outcome.COMPLETE:
+            line += f"\n            {event.reason}"
         self.console.print(line, highlight=False, soft_wrap=True)
         if self.progress is not None:
-            self.progress.update(self.task_id, completed=self.counts["finished"],
-                                 status=self._status())
+            self.progress.update(self.task_id, completed=self.finished, status=self._status())
 
     def _status(self) -> str:
         best = "-" if self.best is None else f"{self.best:.4g}"
-        return (f"exploded {self.counts[keys.EXPLODED]}  pruned {self.counts[keys.SLOW]}  "
-                f"failed {self.counts['failed']}  best {best}")
+        return (f"exploded {self.ended.get(Outcome.EXPLODED, 0)}  "
+                f"pruned {self.ended.get(Outcome.SLOW, 0)}  failed {self.failed}  best {best}")
 
     def close(self) -> None:
         if self.progress is not None:
@@ -97,7 +98,7 @@ class SweepDisplay:
             self.progress = None
 
 
-def summary_table(summary: Any) -> Table:
+def summary_table(summary: SweepSummary) -> Table:
     table = Table(title=f"study {summary.study}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()

@@ -204,13 +204,12 @@ def rerun_trial(task: TrialTask, device: str = "cpu") -> RerunOutcome:
     import numpy as np
 
     from stability.config import StabilityConfig
-    from stability.detectors import detector_for
+    from stability.detectors import VerdictRecorder, detector_for
     from stability.trainer import train
-    from sweeps.objective import _VerdictRecorder
 
     try:
         config = StabilityConfig.from_dict(task.config)
-        recorder = _VerdictRecorder(detector_for(config, task.detector))
+        recorder = VerdictRecorder(detector_for(config, task.detector))
         result = train(task.workload, config, steps=task.steps, eval_every=task.eval_every,
                        report_every=task.report_every, detector=recorder, seed=task.seed,
                        device=device, workload_args=task.workload_args)

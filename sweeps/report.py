@@ -31,6 +31,7 @@ from sweeps._trials import (
     trials_frame,
     verdict_kind_of,
 )
+from sweeps.outcomes import Outcome
 
 if TYPE_CHECKING:
     import optuna
@@ -101,11 +102,6 @@ def _counts(column: pd.Series) -> dict[str, int]:
     return {str(k): int(v) for k, v in column.value_counts(sort=False).items()}
 
 
-_OUTCOME_STYLE = {keys.COMPLETE: "green", keys.EXPLODED: "bold red", keys.SLOW: "yellow",
-                  keys.FAILED: "magenta", keys.WORKER_LOST: "magenta",
-                  keys.INTERRUPTED: "magenta"}
-
-
 def render_status(status: Mapping[str, Any], console: Console) -> None:
     """Print :func:`study_status`'s dict: a summary, the best trial and a table of trials."""
     from rich.markup import escape
@@ -136,7 +132,8 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
     table.add_column("why", overflow="fold", ratio=1)
     best_number = best["number"] if best is not None else None
     for trial in status["trials"]:
-        style = _OUTCOME_STYLE.get(trial["outcome"], "")
+        known = Outcome.parse(trial["outcome"])
+        style = known.look.style if known is not None else ""
         outcome = escape(str(trial["outcome"]))
         table.add_row(f"{trial['number']}{'*' if trial['number'] == best_number else ''}",
                       f"[{style}]{outcome}[/]" if style else outcome, _fmt(trial["value"]),
@@ -343,7 +340,7 @@ def _markdown(study: optuna.Study, df: pd.DataFrame, spec: Any,
                   f"{spec.steps} steps per trial, {study.direction.name.lower()} `{metric}`.",
                   ""]
     counts = _counts(df["outcome"])
-    order = [o for o in keys.OUTCOMES if o in counts] + sorted(set(counts) - set(keys.OUTCOMES))
+    order = [o for o in Outcome if o in counts] + sorted(set(counts) - set(Outcome))
     lines += ["## Summary", "", f"{len(df)} trials.", ""]
     lines += _table(["outcome", "trials"], [(o, counts[o]) for o in order])
     if spec is not None and len(df):
@@ -389,7 +386,7 @@ def _markdown(study: optuna.Study, df: pd.DataFrame, spec: Any,
 
 def _diagnoses(study: optuna.Study) -> list[str]:
     exploded = [t for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-                if outcome_of(t) == keys.EXPLODED]
+                if outcome_of(t) == Outcome.EXPLODED]
     lines = ["## Diagnoses of exploded trials", ""]
     if not exploded:
         return [*lines, "No trial exploded.", ""]

@@ -13,10 +13,15 @@ the next submit of the same spec resumes the study.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
 from typing import Any
+
+from mlflow_setup.uri import redact
+from sweeps.errors import SweepError
+from sweeps.options import RunOptions
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 EXCLUDES = ["*.db", "*.db-*", "*.db.lock", "*.lock", "mlruns/", "mlartifacts/", "stabsweep-out/",
@@ -24,8 +29,8 @@ EXCLUDES = ["*.db", "*.db-*", "*.db.lock", "*.lock", "mlruns/", "mlartifacts/", 
 """Left out of the uploaded working_dir: study and tracking stores, outputs, environments."""
 
 
-class ServiceError(RuntimeError):
-    """The job cannot be submitted, found or followed."""
+class ServiceError(SweepError):
+    """The job cannot be submitted, found or followed (``option``: what would fix it)."""
 
 
 def has_password(uri: str | None) -> bool:
@@ -49,7 +54,7 @@ def client(address: str | None) -> Any:
 
     address = address or DEFAULT_ADDRESS
     if not address.startswith(("http://", "https://")):
-        raise ServiceError(f"--ray-address {address}: service mode talks to the Ray dashboard "
+        raise ServiceError(f"Ray address {address}: service mode talks to the Ray dashboard "
                            "(Jobs API), e.g. http://<head>:8265.")
     try:
         return JobSubmissionClient(address)
@@ -57,6 +62,37 @@ def client(address: str | None) -> Any:
         raise ServiceError(f"cannot reach the Ray Jobs API at {address}: "
                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                            ) from None
+
+
+def submit_sweep(spec_path: Path, options: RunOptions, study: str) -> str:
+    """Submit ``stabsweep run SPEC`` with ``options`` as a Ray Job to the cluster whose
+    dashboard is ``options.ray_address``; return the job id.
+
+    Refused (ServiceError) unless the study and the tracking store live where the cluster
+    reaches them (the job's folder is temporary), and when a URL holds a password."""
+    tracking_uri = options.tracking_uri or (os.environ.get("MLFLOW_TRACKING_URI")
+                                            if options.tracking else None)
+    if not options.storage:
+        raise ServiceError(
+            "a detached sweep needs a study storage the cluster reaches (a database server "
+            "such as postgresql://user@db/optuna, or an absolute sqlite:////path the head can "
+            "write): the job's folder on the cluster is temporary.", option="storage")
+    if options.tracking and not tracking_uri:
+        raise ServiceError("a detached sweep needs an MLflow server (tracking URI "
+                           "http://<server>) or tracking off: the job's folder on the cluster "
+                           "is temporary.", option="tracking")
+    for name, value in (("storage", options.storage), ("tracking URI", tracking_uri)):
+        if has_password(value):
+            raise ServiceError(
+                f"{name} {redact(str(value))} holds a password, which Ray would keep with the "
+                "job (the dashboard shows it). Drop it from the URL and give it to the "
+                "cluster's nodes (PGPASSWORD or ~/.pgpass where `ray start` runs).")
+    return submit(spec_path, options.ray_address, {
+        "n_trials": options.n_trials, "workers": options.workers, "storage": options.storage,
+        "study": options.study, "tracking_uri": tracking_uri,
+        "no_tracking": not options.tracking, "cpus_per_trial": options.cpus_per_trial,
+        "gpus_per_trial": options.gpus_per_trial, "seed": options.seed,
+        "max_retries": options.max_retries}, study)
 
 
 def submit(spec_path: Path, address: str | None, options: dict[str, Any], study: str) -> str:

@@ -51,7 +51,7 @@ def sqlite_path(url: str) -> Path | None:
 
 def _busy_message(db: Path, owner: str) -> str:
     return (f"{db} is in use by a running sweep ({owner}); wait for it to finish, stop it "
-            "with Ctrl-C, or give --storage another file.")
+            "with Ctrl-C, or use another storage file.")
 
 
 def check_not_busy(url: str | None = None, *, workdir: str | Path = ".") -> None:
@@ -96,7 +96,7 @@ class StudyStorage:
         path = sqlite_path(self.url)
         if path is not None:
             if not path.parent.is_dir():
-                raise StorageError(f"--storage {self.display_url}: folder {path.parent} does not "
+                raise StorageError(f"storage {self.display_url}: folder {path.parent} does not "
                                    "exist; create it or give another path.")
             self._lock(path)
         self.backend = self._open_backend()
@@ -148,7 +148,7 @@ class StudyStorage:
                     continue
                 self.close()
                 raise StorageError(
-                    f"--storage {self.display_url}: cannot open the study storage "
+                    f"storage {self.display_url}: cannot open the study storage "
                     f"({type(exc).__name__}: {str(exc).splitlines()[0]}).") from None
         if self.is_sqlite:
             _fast_sqlite(rdb.engine)

@@ -29,6 +29,8 @@ class TrialWorker:
         import ray
         import torch
 
+        self.current: tuple[int, int] | None = None
+        """(trial number, steps done) of the trial running now."""
         context = ray.get_runtime_context()
         cpus = context.get_assigned_resources().get("CPU", 1.0)
         self.threads = max(1, int(cpus))
@@ -62,7 +64,7 @@ class TrialWorker:
         """(trial number, optimizer steps done) of the trial running now, or None. Answered
         while ``run`` trains (the actor has a second thread), so the driver can record the
         steps a trial ran before it was interrupted or its worker lost."""
-        return getattr(self, "current", None)
+        return self.current
 
 
 @dataclass
@@ -81,7 +83,7 @@ class WorkerPool:
 
         self.ray = ray
         self.cpus, self.gpus = cpus_per_trial, gpus_per_trial
-        self._remote_cls = ray.remote(TrialWorker).options(
+        self._remote_cls = ray.remote(TrialWorker).options(  # type: ignore[attr-defined]
             num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_restarts=0,
             max_concurrency=2)  # run() and progress(); the driver sends one run() at a time
         self.slots: list[Slot] = [self._new_slot() for _ in range(n)]
@@ -90,7 +92,7 @@ class WorkerPool:
 
     def _new_slot(self) -> Slot:
         actor = self._remote_cls.remote()
-        return Slot(actor, actor.ready.remote())
+        return Slot(actor, actor.ready.remote())  # type: ignore[attr-defined]  # an actor handle
 
     def idle_ready(self, busy: set[int]) -> list[int]:
         """Indexes of started, idle slots (checks pending starts without blocking)."""
@@ -164,12 +166,12 @@ def init_ray(address: str | None, *, workers: int | None, cpus_per_trial: float,
     if (workers < 1 or fit < 1 or workers > fit) and started:
         ray.shutdown()  # the caller never learns it started Ray
     if workers < 1:
-        raise SweepResourceError(f"--workers must be >= 1; got {workers}.")
+        raise SweepResourceError(f"workers must be >= 1; got {workers}.")
     if fit < 1 or workers > fit:
         need = f"{workers} workers x {cpus_per_trial:g} CPU"
         if gpus_per_trial:
             need += f" + {gpus_per_trial:g} GPU"
         raise SweepResourceError(
-            f"--workers: {need} do not fit the {'cluster' if address else 'machine'} "
-            f"({cpus:g} CPU, {gpus:g} GPU); lower --workers or --cpus-per-trial/--gpus-per-trial.")
+            f"{need} do not fit the {'cluster' if address else 'machine'} ({cpus:g} CPU, "
+            f"{gpus:g} GPU); run fewer workers, or give each fewer CPUs/GPUs.")
     return workers, started

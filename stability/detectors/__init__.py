@@ -32,6 +32,7 @@ from stability.detectors._growth import GrowthDetector
 from stability.detectors._loss import LossDivergenceDetector
 from stability.detectors._median import MedianRatioDetector
 from stability.detectors._nonfinite import NonFiniteDetector
+from stability.detectors._recorder import VerdictRecorder
 from stability.detectors._replay import records_from_trace, replay
 from stability.detectors._spike import ZScoreSpikeDetector
 from stability.detectors._unsettled import UnsettledDetector
@@ -48,6 +49,7 @@ __all__ = [
     "NonFiniteDetector",
     "NullDetector",
     "UnsettledDetector",
+    "VerdictRecorder",
     "ZScoreSpikeDetector",
     "default_detector",
     "detector_for",

@@ -16,7 +16,6 @@ __all__ = [
     "DEFAULT_PLOTS",
     "EXPERIMENT_KIND",
     "MIN_LAYER_EVERY",
-    "OUTCOME_COLORS",
     "PLOTS",
     "TAG_ATTEMPT",
     "TAG_BEST_RUN",
@@ -82,9 +81,6 @@ UPLOAD_MODES = ("background", "inline")
 VIEW_KEY = "stabsweep"
 """The experiment's shared view (tag ``mlflow.sharedViewState.stabsweep``), opened by the URL
 ``?viewStateShareKey=stabsweep``: the study's runs flat (trials visible), best first."""
-OUTCOME_COLORS = {"complete": "#2f9e44", "exploded": "#e03131", "slow": "#f08c00",
-                  "failed": "#868e96", "interrupted": "#868e96", "worker_lost": "#868e96"}
-"""Run colour per outcome: an exploded trial is the red dot in the runs table and charts."""
 TAG_WORKER = "stabsweep.worker"                  # host:pid of the process that trained it
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_setup import redact, resolve_tracking_uri
-from sweeps import keys
+from sweeps.outcomes import Outcome
 from sweeps.tracking import _settings as names
 from sweeps.tracking._experiment import reusable_run, study_experiment
 from sweeps.tracking._failures import is_transient
@@ -67,6 +67,9 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 class StudyTracker:
     """The study's experiment and run, and its trials' runs. Build it with :meth:`open`."""
+
+    enabled = True
+    """(a NullTracker is not: nothing is logged without MLflow)"""
 
     def __init__(self, sink: Sink, study_name: str, experiment_id: str, parent_run_id: str,
                  layer_every: int | None = None, plots: str = DEFAULT_PLOTS,
@@ -196,7 +199,7 @@ class StudyTracker:
         tags = [[names.TAG_STATE, outcome], [names.TAG_EXPLODED, "false"],
                 [names.TAG_REASON, reason[:5000] or outcome]]
         self.sink.submit({"op": "log_batch", "run": run_id, "tags": tags})
-        status = "KILLED" if outcome == keys.INTERRUPTED else "FAILED"
+        status = Outcome(outcome).look.mlflow_status
         self.sink.submit({"op": "status", "run": run_id, "status": status,
                           "end_time": int(time.time() * 1000)})
         self._sync_now_and_then()
@@ -280,7 +283,7 @@ class StudyTracker:
             found = client.search_runs(
                 [self.experiment_id],
                 f"tags.`{names.TAG_KIND}` = 'trial' and tags.`{names.TAG_STATE}` = "
-                f"'{keys.COMPLETE}' and tags.`{names.TAG_PARENT}` = '{self.parent_run_id}'",
+                f"'{Outcome.COMPLETE}' and tags.`{names.TAG_PARENT}` = '{self.parent_run_id}'",
                 order_by=[f"metrics.`{metric}` {'ASC' if direction == 'minimize' else 'DESC'}"],
                 max_results=1)
             if not found:

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeps import keys
+from sweeps.outcomes import Outcome
 from sweeps.tracking import _settings as names
 from sweeps.tracking._series import EXPLOSION_WINDOW, Point, TraceEncoder
 from sweeps.tracking._settings import TrackingSettings
@@ -153,13 +153,14 @@ class TrialTracker:
         sends it (inline mode: sent before this returns)."""
         self._check_open("finish")
         start = time.perf_counter()
-        state = str(outcome.outcome)
-        exploded = state == keys.EXPLODED
+        ended = Outcome(outcome.outcome)
+        state = str(ended)
+        exploded = ended is Outcome.EXPLODED
         diagnosis = getattr(result, "diagnosis", None)
         verdict = getattr(result, "verdict", None)
         tags = {names.TAG_STATE: state, names.TAG_EXPLODED: "true" if exploded else "false",
                 names.TAG_REASON: str(outcome.reason)[:_MAX_TAG] or state,
-                names.TAG_RUN_COLOR: names.OUTCOME_COLORS.get(state, "#868e96")}
+                names.TAG_RUN_COLOR: ended.look.color}
         onset = getattr(diagnosis, "onset_step", None)
         if exploded and onset is not None:
             tags[names.TAG_ONSET_STEP] = str(onset)
@@ -207,8 +208,7 @@ class TrialTracker:
                           "title": f"trial {self.trial_number}: {state}",
                           "trial": self.trial_number,
                           "verdict": verdict.to_dict() if verdict is not None else None})
-        status = "KILLED" if exploded else "FAILED" if state == keys.FAILED else "FINISHED"
-        self._append({"op": "status", "run": str(self._run_id), "status": status,
+        self._append({"op": "status", "run": str(self._run_id), "status": ended.look.mlflow_status,
                       "end_time": _now_ms()})
         self._closed = True
         self.stats.finish_s = time.perf_counter() - start
@@ -222,16 +222,17 @@ class TrialTracker:
         """The workload raised: tag it, attach the traceback, end the run FAILED."""
         self._check_open("finish_failed")
         first = str(exc).splitlines()[0] if str(exc) else ""
-        tags = {names.TAG_STATE: keys.FAILED, names.TAG_EXPLODED: "false",
+        tags = {names.TAG_STATE: Outcome.FAILED, names.TAG_EXPLODED: "false",
                 names.TAG_REASON: f"workload raised {type(exc).__name__}: {first}"[:_MAX_TAG],
-                names.TAG_RUN_COLOR: names.OUTCOME_COLORS[keys.FAILED]}
+                names.TAG_RUN_COLOR: Outcome.FAILED.look.color}
         self._add(self.encoder.close(_now_ms()))
         folder = self._flush_with_tags(tags)
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         (folder / "error.txt").write_text(text)
         self._append({"op": "artifacts", "run": str(self._run_id),
                       "dir": str(folder.relative_to(self.spool.root)), "artifact_path": None})
-        self._append({"op": "status", "run": str(self._run_id), "status": "FAILED",
+        self._append({"op": "status", "run": str(self._run_id),
+                      "status": Outcome.FAILED.look.mlflow_status,
                       "end_time": _now_ms()})
         self._closed = True
         if self.inline:

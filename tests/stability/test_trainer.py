@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from stability.detectors import NullDetector, default_detector, records_from_trace, replay
-from stability.trainer import Progress, train
+from stability.trainer import Progress, StopReason, train
 from stability.workloads import load_workload
 
 # Plain SGD on a deep tanh MLP: lr 0.5 blows up within ~40 steps; clipping at 1.0 tames it.
@@ -46,7 +46,7 @@ def test_explosion_is_flagged_before_the_loss_turns_nonfinite() -> None:
 
     guarded = train("deep_mlp", EXPLOSIVE, steps=200, workload_args=MLP)
     verdict = guarded.verdict
-    assert verdict is not None and guarded.stopped_by == "explosion"
+    assert verdict is not None and guarded.stopped_by is StopReason.EXPLOSION
     assert verdict.step <= nan_step - 5  # flagged at least 5 steps before NaN/inf
     # the guard stops at the verdict; the run is the same as the free one up to there
     assert guarded.steps_run == verdict.step + 1 == len(guarded.trace)
@@ -103,7 +103,7 @@ def test_report_is_called_every_report_every_steps_and_true_stops_the_run() -> N
     trace_loss = result.trace["loss"].to_numpy()
     assert [p.loss for p in seen] == pytest.approx([trace_loss[s - 1] for s in (10, 20, 30)])
     assert all(p.verdict is None for p in seen)
-    assert result.stopped_by == "callback" and result.steps_run == 30
+    assert result.stopped_by is StopReason.REPORT and result.steps_run == 30
     assert len(result.trace) == 30
     assert [e["step"] for e in result.evals] == [20.0, 30.0]  # the cadence, then the final
 

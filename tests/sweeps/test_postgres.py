@@ -117,7 +117,9 @@ def test_a_live_drivers_trial_is_left_alone_a_stale_one_retried_once(tmp_path, p
     import optuna
     from sqlalchemy import text
 
-    from sweeps.runner import RunOptions, _Driver
+    from sweeps.dispatch import recover
+    from sweeps.events import TrialRecovered
+    from sweeps.runner import RunOptions
     from sweeps.spec import parse_spec
     from sweeps.storage import StudyStorage
 
@@ -132,18 +134,15 @@ def test_a_live_drivers_trial_is_left_alone_a_stale_one_retried_once(tmp_path, p
         with rdb.engine.begin() as conn:  # the dead driver's last beat, an hour ago
             conn.execute(text("UPDATE trial_heartbeats SET heartbeat = heartbeat - "
                               "interval '1 hour' WHERE trial_id = :t"), {"t": dead._trial_id})
-        events: list[tuple[str, dict]] = []
-        drivers = [_Driver(spec, RunOptions(workdir=tmp_path, tracking=False), storage,
-                           lambda kind, data: events.append((kind, data))) for _ in range(2)]
-        for driver in drivers:  # two drivers find it stale; one closes and retries it
-            driver.study = study
-            driver._recover_stale(study)
+        events: list = []
+        options = RunOptions(workdir=tmp_path, tracking=False)
+        for _ in range(2):  # two drivers find it stale; one closes and retries it
+            recover(study, storage, spec, options, events.append)
         trials = study.get_trials(deepcopy=False)
         assert trials[live.number].state.name == "RUNNING"
         assert trials[dead.number].state.name == "FAIL"
         assert trials[dead.number].user_attrs[keys.OUTCOME] == keys.INTERRUPTED
-        assert [e for e in events if e[0] == "recovered"] == [("recovered",
-                                                               {"trial": dead.number})]
+        assert events == [TrialRecovered(dead.number)]
         assert len([t for t in trials if t.state.name == "WAITING"]) == 1
 
 

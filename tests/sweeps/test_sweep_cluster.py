@@ -9,6 +9,8 @@ from collections import defaultdict
 import pytest
 
 from sweeps import keys
+from sweeps.events import TrialEnded
+from sweeps.outcomes import Outcome
 from sweeps.runner import RunOptions, run_sweep
 from sweeps.spec import parse_spec
 from tests.sweep_helpers import FIXTURE_MODULE, load, small_spec
@@ -80,9 +82,9 @@ def test_node_lost_mid_sweep_is_retried_and_study_finishes(cluster, tmp_path):
     completed: list[int] = []
     removers: list[threading.Thread] = []
 
-    def on_event(kind: str, data: dict) -> None:
-        if kind == "trial" and data["outcome"] == keys.COMPLETE:
-            completed.append(data["trial"])
+    def on_event(event: object) -> None:
+        if isinstance(event, TrialEnded) and event.outcome is Outcome.COMPLETE:
+            completed.append(event.trial)
             if len(completed) == 2:  # trials are running on both nodes now: drop one
                 removers.append(threading.Thread(target=cl.remove_node, args=(nodes[1],)))
                 removers[0].start()

@@ -161,7 +161,7 @@ def test_invalid_searched_choice_refused_before_anything_is_created(tmp_path, mo
 
 
 def test_every_searched_value_is_built_first_and_last(tmp_path):
-    from sweeps.runner import preflight, workload_arg_values
+    from sweeps.preflight import preflight, workload_arg_values
 
     data = small_spec(study="act", n_trials=1, steps=10)
     data["workload"]["args"].pop("depth")
@@ -179,7 +179,7 @@ def test_every_searched_value_is_built_first_and_last(tmp_path):
 
 
 def test_user_factory_rejecting_a_searched_value(tmp_path, monkeypatch, clean_path):
-    from sweeps.runner import preflight
+    from sweeps.preflight import preflight
 
     (tmp_path / "gru_user_i14.py").write_text(USER_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -294,14 +294,13 @@ def test_ray_colours_off_when_output_is_not_a_terminal(monkeypatch):
 def test_one_worker_is_singular():
     from rich.console import Console
 
+    from sweeps.events import SweepStarted
     from sweeps.progress import SweepDisplay
 
     console = Console(record=True, width=200)
     display = SweepDisplay(console)
-    display("start", {"study": "s", "workers": 1, "storage": "x", "finished": 0,
-                      "n_trials": 2})
-    display("start", {"study": "s", "workers": 2, "storage": "x", "finished": 0,
-                      "n_trials": 2})
+    display(SweepStarted(study="s", workers=1, storage="x", finished=0, n_trials=2))
+    display(SweepStarted(study="s", workers=2, storage="x", finished=0, n_trials=2))
     text = console.export_text()
     assert "1 worker," in text and "2 workers," in text
 
@@ -318,52 +317,57 @@ def test_steps_accounting_counts_failures_as_the_steps_they_ran():
     assert steps_accounting("FAIL", 999, 200) == (200, 200)
 
 
-def _driver(tmp_path: Path, events: list[tuple[str, dict[str, Any]]]):  # type: ignore[no-untyped-def]
-    from sweeps.runner import RunOptions, _Driver
+def _dispatcher(tmp_path: Path, events: list[Any]):  # type: ignore[no-untyped-def]
+    from sweeps.dispatch import Dispatcher
+    from sweeps.runner import RunOptions
+    from sweeps.tracking._null import NullTracker
 
     spec = parse_spec(small_spec(steps=40))
-    storage = type("Storage", (), {"display_url": "in-memory"})()
-    driver = _Driver(spec, RunOptions(workdir=tmp_path, tracking=False), storage=storage,
-                     emit=lambda kind, data: events.append((kind, data)))
-    driver.study = optuna.create_study(direction="minimize")
-    return driver
+    storage = type("Storage", (), {"display_url": "in-memory", "shared": False})()
+    return Dispatcher(spec, RunOptions(workdir=tmp_path, tracking=False),
+                      optuna.create_study(direction="minimize"), storage, pool=None,
+                      tracker=NullTracker(), emit=events.append)
 
 
 def test_interrupted_trial_is_recorded_with_the_steps_it_ran(tmp_path):
     import time
 
-    from sweeps.runner import Running
+    from sweeps.dispatch import Running
+    from sweeps.events import TrialEnded
+    from sweeps.outcomes import Outcome
+    from sweeps.summary import summarize
 
-    events: list[tuple[str, dict[str, Any]]] = []
-    driver = _driver(tmp_path, events)
+    events: list[Any] = []
+    driver = _dispatcher(tmp_path, events)
     study = driver.study
     complete = study.ask()
     complete.set_user_attr(keys.STEPS_RUN, 40)
     study.tell(complete, 0.5)
     trial = study.ask({"lr": FloatDistribution(1e-3, 30.0, log=True)})
     item = Running(trial, None, 0, 1, None, time.perf_counter() - 2.0, steps=17)
-    driver._close_lost(item, keys.INTERRUPTED, "interrupted (Ctrl-C); retried on resume")
+    driver.close_lost(item, Outcome.INTERRUPTED, "interrupted (Ctrl-C); retried on resume")
     frozen = study.trials[trial.number]
     assert frozen.state == TrialState.FAIL
     assert frozen.user_attrs[keys.STEPS_RUN] == 17
     assert frozen.user_attrs[keys.WALL_TIME] >= 2.0
-    shown = [d for kind, d in events if kind == "trial"][-1]
-    assert shown["steps_run"] == 17 and shown["wall_time_s"] >= 2.0
-    summary = driver._summary(time.perf_counter())
+    shown = [e for e in events if isinstance(e, TrialEnded)][-1]
+    assert shown.outcome is Outcome.INTERRUPTED
+    assert shown.steps_run == 17 and shown.wall_time_s >= 2.0
+    summary = summarize(study, steps=40, storage="in-memory", started=time.perf_counter())
     # 40 + 17 run; the interrupted trial is no saving: 40 + 17 budget, not 40 + 40
     assert (summary.steps_run, summary.steps_budget, summary.steps_saved) == (57, 57, 0.0)
 
 
 def test_trials_a_dead_driver_left_running_keep_their_stored_steps(tmp_path):
-    events: list[tuple[str, dict[str, Any]]] = []
-    driver = _driver(tmp_path, events)
+    events: list[Any] = []
+    driver = _dispatcher(tmp_path, events)
     study = driver.study
     stored = study.ask()
     stored.set_user_attr(keys.STEPS_RUN, 23)   # what _poll_progress persisted
     reported = study.ask()
     reported.report(0.4, 30)                   # a worker-side Optuna report
     unknown = study.ask()
-    driver._recover_stale(study)
+    driver.recover_stale("the sweep stopped before this trial finished")
     steps = {t.number: t.user_attrs.get(keys.STEPS_RUN) for t in study.trials[:3]}
     assert steps == {stored.number: 23, reported.number: 30, unknown.number: 0}
     assert all(t.state == TrialState.FAIL for t in study.trials[:3])
