@@ -56,7 +56,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from _common import ROOT, SMALL, median, table
 
@@ -149,8 +149,9 @@ class DriverTimers:
 
     METHODS = ("_dispatch", "_prepare", "_collect", "_receive", "_tell", "_finished_count")
     """Span names; ``_prepare``/``_receive`` (the proposed pipelining) stay empty."""
-    TARGETS = {"_dispatch": ("Dispatcher", "dispatch"), "_collect": ("Dispatcher", "collect"),
-               "_tell": ("module", "tell_outcome"), "_finished_count": ("module", "finished_count")}
+    TARGETS: ClassVar[dict[str, tuple[str, str]]] = {
+        "_dispatch": ("Dispatcher", "dispatch"), "_collect": ("Dispatcher", "collect"),
+        "_tell": ("module", "tell_outcome"), "_finished_count": ("module", "finished_count")}
     """span -> what is wrapped: a Dispatcher method, or a function sweeps.dispatch calls."""
 
     def __init__(self) -> None:

@@ -164,6 +164,7 @@ def measure_study(run: Run, study: Any, spec: Any) -> None:
     from optuna.trial import TrialState
 
     from sweeps import keys
+    from sweeps.outcomes import Outcome
 
     finished = [t for t in study.get_trials(deepcopy=False)
                 if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -172,7 +173,7 @@ def measure_study(run: Run, study: Any, spec: Any) -> None:
         steps = int(t.user_attrs.get(keys.STEPS_RUN, 0) or 0)
         run.steps += steps
         verdict = t.user_attrs.get(keys.VERDICT)
-        exploded = t.user_attrs.get(keys.OUTCOME) == keys.EXPLODED
+        exploded = t.user_attrs.get(keys.OUTCOME) == Outcome.EXPLODED
         if verdict is None and not exploded:
             continue
         run.exploding += 1

@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stability.records import StepRecord
 from stability.trainer import train
-from sweeps import keys
 from sweeps.objective import TrialOutcome
+from sweeps.outcomes import Outcome
 from sweeps.tracking import StudyTracker, TrialTracker, auto_layer_every
 
 CONFIG = {"lr": 3e-4, "init": "kaiming_normal"}
@@ -105,7 +105,7 @@ def one_trial(study: StudyTracker, number: int, workload: str, steps: int, track
                    seed=0, on_sync=tracker.on_sync if tracker else None)
     fin_wall, fin_cpu = time.perf_counter(), time.process_time()
     if tracker is not None:
-        outcome = TrialOutcome(number, keys.COMPLETE, 0.0, "ok", steps_run=result.steps_run)
+        outcome = TrialOutcome(number, Outcome.COMPLETE, 0.0, "ok", steps_run=result.steps_run)
         tracker.finish(result, outcome)
     end_wall, end_cpu = time.perf_counter(), time.process_time()
     landed = 0.0

@@ -7,7 +7,7 @@ Two lines in a user's loop::
         if guard.step(loss_fn(model(x), y)):               # backward .. step; True = exploded
             break
 
-One optimizer step, in this order (DESIGN.md)::
+One optimizer step, in this order::
 
     backward (scaled for fp16) -> unscale (fp16) -> measure (one foreach pass)
     -> skip decision on device (non-finite; with on_spike: skip, a norm spike)

@@ -18,6 +18,7 @@ import pandas as pd
 from stability.config import StabilityConfig
 from sweeps import keys
 from sweeps._trials import PARAM_PREFIX, RATED_OUTCOMES
+from sweeps.outcomes import Outcome
 
 if TYPE_CHECKING:
     import optuna
@@ -58,7 +59,7 @@ def plot_history(df: pd.DataFrame, path: Path, *, direction: str, metric: str,
     value = df["value"].to_numpy(np.float64)
     last = df["last_intermediate"].to_numpy(np.float64)
     complete = (df["state"] == "COMPLETE").to_numpy() & np.isfinite(value)
-    slow = (df["outcome"] == keys.SLOW).to_numpy() & np.isfinite(last)
+    slow = (df["outcome"] == Outcome.SLOW).to_numpy() & np.isfinite(last)
     exploded = df["exploded"].to_numpy(bool)
     failed = (df["state"] == "FAIL").to_numpy()
     shown = np.concatenate([value[complete], last[slow]])

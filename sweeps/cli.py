@@ -1,51 +1,31 @@
-"""The ``stabsweep`` command line: thin typer wrappers over library functions."""
+"""The ``stabsweep`` command line: thin typer wrappers over library functions.
+
+The commands that talk to a server (Ray Jobs, the MLflow UI) live in :mod:`sweeps._cli_servers`
+and are registered below in the order ``--help`` lists them.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-if TYPE_CHECKING:
-    import optuna
-
-    from sweeps.options import RunOptions
-
-app = typer.Typer(
-    name="stabsweep",
-    no_args_is_help=True,
-    add_completion=False,
-    help="Sweeps and diagnostics for PyTorch training stability.",
+from sweeps import _cli_servers as servers
+from sweeps._cli_app import (
+    StorageOpt,
+    app,
+    console,
+    err_console,
+    fail,
+    fail_sweep,
+    load_study_or_exit,
+    spec_message,
 )
-# Piped output (CI logs, `| less`) gets a wide page instead of rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
-
-@app.callback()
-def _root() -> None:
-    """Put the working directory on the import path, as ``python -m`` does (a console script
-    does not), so a spec's ``mymodule:factory`` next to it is found by the driver; the Ray
-    workers inherit the driver's path (sweeps.workers.init_ray)."""
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """One-line error on stderr and a non-zero exit."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-StorageOpt = Annotated[str | None, typer.Option(
-    "--storage", help="Optuna storage URL (default: sqlite:///./stabsweep.db).")]
+__all__ = ["app", "main"]
 
 
 @app.command()
@@ -88,11 +68,11 @@ def run(
                              gpus_per_trial=gpus_per_trial, seed=seed, max_retries=max_retries,
                              storage_host=storage_host)
     except SpecError as exc:
-        fail(_spec_message(exc))
+        fail(spec_message(exc))
     except OptionError as exc:
         fail_sweep(exc)
     if detach:
-        _submit(spec_path, spec.study if study is None else study, options)
+        servers.submit_detached(spec_path, spec.study if study is None else study, options)
         return
     if storage_host != "127.0.0.1":
         err_console.print(f"note: the storage proxy will listen on {storage_host}, reachable "
@@ -102,7 +82,7 @@ def run(
         summary = run_sweep(spec, options, on_event=display)
     except SpecError as exc:
         display.close()
-        fail(_spec_message(exc))
+        fail(spec_message(exc))
     except SweepInterrupted as exc:
         display.close()
         err_console.print(f"{exc}. Resume with: stabsweep run {spec_path}"
@@ -118,106 +98,6 @@ def run(
                   f"stabsweep export {name} -o best.yaml", highlight=False)
 
 
-_FLAG_HINT = {"study": "--study NEW_NAME starts a new study",
-              "tracking": "--no-tracking runs without MLflow",
-              "storage": "--storage URL chooses the storage",
-              "workers": "see --workers, --cpus-per-trial, --gpus-per-trial"}
-"""What to type, for a library error that names the option which would fix it."""
-
-
-def fail_sweep(exc: Exception) -> NoReturn:
-    """A library error in the CLI's words: an OptionError names its flag (``--n-trials must be
-    >= 1``); another error naming its option gets the flag that changes it as a hint."""
-    from sweeps.errors import OptionError
-
-    option = getattr(exc, "option", None)
-    if isinstance(exc, OptionError):
-        fail(f"--{str(exc.option).replace('_', '-')} {exc.message}")
-    hint = _FLAG_HINT.get(option or "")
-    fail(f"{exc} ({hint})" if hint else str(exc))
-
-
-def _submit(spec_path: Path, study: str, options: RunOptions) -> None:
-    from mlflow_setup.uri import redact
-    from sweeps.service import ServiceError, submit_sweep
-
-    try:
-        job_id = submit_sweep(spec_path, options, study)
-    except ServiceError as exc:
-        fail_sweep(exc)
-    address = options.ray_address
-    console.print(f"submitted job {job_id} (study {study})", highlight=False)
-    where = f" --ray-address {address}" if address else ""
-    console.print(f"follow: stabsweep logs {job_id} --follow{where}\n"
-                  f"status: stabsweep status {study} --storage {redact(str(options.storage))}\n"
-                  f"stop:   stabsweep stop {job_id}{where}", highlight=False)
-
-
-JobAddress = Annotated[str | None, typer.Option(
-    "--ray-address", envvar="RAY_API_SERVER_ADDRESS",
-    help="The Ray dashboard (Jobs API), default http://127.0.0.1:8265.")]
-
-
-@app.command()
-def logs(
-    job_id: Annotated[str, typer.Argument(metavar="JOB", help="Job id from run --detach.")],
-    ray_address: JobAddress = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until it ends.")
-                      ] = False,
-) -> None:
-    """Print a detached sweep's output (its driver's, on the cluster)."""
-    from sweeps.service import ServiceError
-    from sweeps.service import logs as job_logs
-
-    def write(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    try:
-        status = job_logs(job_id, ray_address, follow, write)
-    except ServiceError as exc:
-        fail(str(exc))
-    if follow:
-        err_console.print(f"job {job_id}: {status}", highlight=False)
-        if status != "SUCCEEDED":
-            raise typer.Exit(1)
-
-
-@app.command()
-def stop(
-    job_id: Annotated[str, typer.Argument(metavar="JOB", help="Job id from run --detach.")],
-    ray_address: JobAddress = None,
-) -> None:
-    """Stop a detached sweep: its running trials end as interrupted; submit the spec again
-    to resume the study."""
-    from sweeps.service import ServiceError
-    from sweeps.service import stop as stop_job
-
-    try:
-        status = stop_job(job_id, ray_address)
-    except ServiceError as exc:
-        fail(str(exc))
-    console.print(f"job {job_id}: {status}; running trials were closed as interrupted and are "
-                  "retried when the spec is submitted again.", highlight=False)
-
-
-def _spec_message(exc: Exception) -> str:
-    source = getattr(exc, "source", None)
-    where = getattr(exc, "path", None)
-    if source and source != where:
-        return f"{source}: {exc}"
-    return str(exc)
-
-
-def _load_study(name: str, storage: str | None) -> optuna.Study:
-    from sweeps.studies import StudyNotFound, load_study
-
-    try:
-        return load_study(name, storage)
-    except StudyNotFound as exc:
-        fail_sweep(exc)
-
-
 @app.command()
 def status(
     study: Annotated[str, typer.Argument(help="Study name.")],
@@ -227,7 +107,7 @@ def status(
     """Each trial: state, why, params, value, steps run."""
     from sweeps.report import render_status, study_status
 
-    data = study_status(_load_study(study, storage))
+    data = study_status(load_study_or_exit(study, storage))
     if as_json:
         print(json.dumps(data, default=str))
     else:
@@ -244,7 +124,7 @@ def report(
     """Explosion rate by parameter, stability map, importances, diagnoses."""
     from sweeps.report import write_report
 
-    loaded = _load_study(study, storage)
+    loaded = load_study_or_exit(study, storage)
     paths = write_report(loaded, out or Path("stabsweep-out") / study)
     console.print(Path(paths.report_md).read_text(), highlight=False, markup=False)
     console.print(f"report written to {Path(paths.report_md).parent}/", highlight=False)
@@ -266,7 +146,7 @@ def export(
 
     if top < 1 or confirm_seeds < 0:
         fail("--top must be >= 1 and --confirm-seeds >= 0.")
-    loaded = _load_study(study, storage)
+    loaded = load_study_or_exit(study, storage)
     try:
         export_best(loaded, output, top=top, confirm_seeds=confirm_seeds,
                     say=lambda line: console.print(line, highlight=False))
@@ -278,74 +158,6 @@ def export(
                   f"    guard = StabilityGuard.from_yaml({str(output)!r}, model)\n"
                   "    if guard.step(loss): break   # replaces backward / clip / step",
                   highlight=False)
-
-
-@app.command()
-def ui(
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
-    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
-) -> None:
-    """Start the MLflow UI on the sweep's store (127.0.0.1) and print its URL."""
-    import signal
-    import threading
-
-    from mlflow_setup import ServerStartError, resolve_tracking_uri, start_server
-
-    uri = resolve_tracking_uri(tracking_uri)
-    if uri.startswith(("http://", "https://")):
-        console.print("the tracking store is a server already.", highlight=False)
-        _print_study_urls(uri, uri)
-        return
-    # Installed before the server starts, so a SIGTERM during start-up still stops it.
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        server = start_server(port=port, host=host, backend_store_uri=uri)
-    except ServerStartError as exc:
-        fail(str(exc))
-    _print_study_urls(uri, server.url)
-    console.print("(Ctrl-C to stop)", highlight=False)
-    try:
-        while not stop.wait(1.0) and server.alive():
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-
-
-def _print_study_urls(uri: str, base_url: str) -> None:
-    """One URL per study (newest first): its trials in the UI's Model training mode."""
-    try:
-        from sweeps.tracking import study_urls
-
-        urls = study_urls(uri, base_url)
-    except Exception as exc:  # the UI still serves; say why there is no study link
-        urls = []
-        console.print(f"(could not list the studies: {type(exc).__name__}: {exc})",
-                      highlight=False)
-    if not urls:
-        console.print(f"MLflow UI: {base_url.rstrip('/')}/#/experiments?workflowType="
-                      "machine_learning (no stabsweep study in this store yet)",
-                      highlight=False)
-        return
-    console.print(f"MLflow UI on {base_url}; open a study's trials:", highlight=False)
-    for name, url in urls:
-        console.print(f"  {name}: {url}", highlight=False, soft_wrap=True)
-
-
-@app.command()
-def sync(
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
-    spool: Annotated[Path, typer.Option(help="Spool folder.")] = Path(".stabsweep/spool"),
-) -> None:
-    """Upload what a sweep spooled while the tracking server was down."""
-    from mlflow_setup import resolve_tracking_uri
-    from sweeps.tracking import sync_spool
-
-    result = sync_spool(spool, resolve_tracking_uri(tracking_uri))
-    console.print(str(result), highlight=False)
 
 
 @app.command()
@@ -423,6 +235,12 @@ def _parse_args(items: list[str]) -> dict[str, object]:
             fail(f"--arg {item!r}: expected key=value, e.g. --arg seq_len=100")
         parsed[key] = yaml.safe_load(value)
     return parsed
+
+
+app.command()(servers.logs)
+app.command()(servers.stop)
+app.command()(servers.ui)
+app.command()(servers.sync)
 
 
 def main() -> None:

@@ -20,7 +20,9 @@ from sweeps.outcomes import Outcome
 
 PENALTY = 1e12
 """Intermediate value reported before pruning an exploded trial (sign follows the direction),
-so the sampler ranks it below every stable trial (DESIGN.md, "What the field teaches")."""
+so the sampler ranks it below every stable trial. Optuna's TPE leaves FAIL trials out of its
+model, so an explosion told as FAIL would teach it nothing; a PRUNED trial counts, ranked by
+its last intermediate value."""
 
 
 @dataclass(slots=True)

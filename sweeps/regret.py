@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweeps import keys
 from sweeps.objective import TrialTask
+from sweeps.outcomes import Outcome
 
 if TYPE_CHECKING:
     import optuna
@@ -131,7 +132,7 @@ def rerun_tasks(study: optuna.Study, spec: SweepSpec | None = None) -> list[Tria
     spec = spec if spec is not None else _study_spec(study)
     tasks = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
-        if trial.user_attrs.get(keys.OUTCOME) != keys.EXPLODED:
+        if trial.user_attrs.get(keys.OUTCOME) != Outcome.EXPLODED:
             continue
         config = trial.user_attrs.get(keys.CONFIG)
         if config is None:  # not run by stabsweep: rebuild from the params

@@ -28,8 +28,8 @@ import pytest
 from mlflow_setup import TrackingServer, start_server
 from stability.diagnose import diagnose
 from stability.records import StepRecord, Verdict
-from sweeps import keys
 from sweeps.objective import TrialOutcome
+from sweeps.outcomes import Outcome
 from sweeps.tracking import StudyTracker, TrialTracker
 
 pytestmark = pytest.mark.e2e
@@ -80,8 +80,9 @@ def log_trial(study: StudyTracker, number: int, nan_at: int | None) -> str:
                                                        "step": float(steps)}],
                              final_eval={"eval_loss": 0.3 + number / 10}, steps_run=steps,
                              wall_time_s=1.0)
-    outcome = (TrialOutcome(number, keys.EXPLODED, 1e12, f"exploded: {verdict}", steps_run=steps)
-               if verdict else TrialOutcome(number, keys.COMPLETE, 0.3, "ok", steps_run=steps))
+    outcome = (TrialOutcome(number, Outcome.EXPLODED, 1e12, f"exploded: {verdict}",
+                            steps_run=steps)
+               if verdict else TrialOutcome(number, Outcome.COMPLETE, 0.3, "ok", steps_run=steps))
     return tracker.finish(result, outcome)
 
 

@@ -21,6 +21,7 @@ from sweeps.export import (
     export_best,
     storage_url_of,
 )
+from sweeps.outcomes import Outcome
 from sweeps.space import config_from_params
 from sweeps.spec import SweepSpec, parse_spec
 
@@ -45,12 +46,12 @@ DISTS = {"lr": FloatDistribution(1e-4, 1.0, log=True),
 C, P, F = TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL
 # (state, outcome, lr, value); an exploded trial's last intermediate value beats every value
 DEFAULT_TRIALS = [
-    (C, keys.COMPLETE, 1e-3, 0.50),
-    (P, keys.EXPLODED, 0.9, None),
-    (C, keys.COMPLETE, 3e-3, 0.20),   # best
-    (C, keys.COMPLETE, 1e-2, 0.30),   # second
-    (F, keys.FAILED, 2e-3, None),
-    (C, keys.COMPLETE, 5e-3, 0.40),   # third
+    (C, Outcome.COMPLETE, 1e-3, 0.50),
+    (P, Outcome.EXPLODED, 0.9, None),
+    (C, Outcome.COMPLETE, 3e-3, 0.20),   # best
+    (C, Outcome.COMPLETE, 1e-2, 0.30),   # second
+    (F, Outcome.FAILED, 2e-3, None),
+    (C, Outcome.COMPLETE, 5e-3, 0.40),   # third
 ]
 
 
@@ -195,8 +196,8 @@ def test_every_candidate_explodes_raises_and_writes_nothing(tmp_path: Path) -> N
 
 
 def test_no_completed_stable_trial() -> None:
-    study = make_study([(P, keys.EXPLODED, 0.9, None), (P, keys.EXPLODED, 0.5, None),
-                        (F, keys.FAILED, 1e-3, None)])
+    study = make_study([(P, Outcome.EXPLODED, 0.9, None), (P, Outcome.EXPLODED, 0.5, None),
+                        (F, Outcome.FAILED, 1e-3, None)])
     with pytest.raises(ExportError) as info:
         export_best(study, "unused.yaml")
     assert str(info.value) == ("study 'exp' has no completed trial without an explosion "

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from sweeps import keys
+from sweeps.outcomes import Outcome
 from tests.conftest import PG_PASSWORD
 from tests.sweep_helpers import FIXTURE_MODULE, cli, cli_popen, small_spec, write_spec
 
@@ -62,7 +63,7 @@ def test_workers_report_to_postgres_and_a_killed_worker_is_retried(tmp_path, pg_
     counts = _counts(study)
     assert "RUNNING" not in counts and "WAITING" not in counts
     assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == 4
-    lost = [t for t in study.trials if t.user_attrs.get(keys.OUTCOME) == keys.WORKER_LOST]
+    lost = [t for t in study.trials if t.user_attrs.get(keys.OUTCOME) == Outcome.WORKER_LOST]
     assert len(lost) == 1 and lost[0].state.name == "FAIL"
     retries = [t for t in study.trials if t.user_attrs.get(keys.RETRY_OF) == lost[0].number]
     assert len(retries) == 1 and retries[0].params == lost[0].params
@@ -105,7 +106,8 @@ def test_killed_driver_trials_are_recovered_by_heartbeat(tmp_path, pg_url, monke
     counts = _counts(study)
     assert "RUNNING" not in counts and "WAITING" not in counts
     assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == 5
-    interrupted = [t for t in study.trials if t.user_attrs.get(keys.OUTCOME) == keys.INTERRUPTED]
+    interrupted = [t for t in study.trials
+                   if t.user_attrs.get(keys.OUTCOME) == Outcome.INTERRUPTED]
     assert interrupted
     for t in interrupted:
         retries = [r for r in study.trials if r.user_attrs.get(keys.RETRY_OF) == t.number]
@@ -141,7 +143,7 @@ def test_a_live_drivers_trial_is_left_alone_a_stale_one_retried_once(tmp_path, p
         trials = study.get_trials(deepcopy=False)
         assert trials[live.number].state.name == "RUNNING"
         assert trials[dead.number].state.name == "FAIL"
-        assert trials[dead.number].user_attrs[keys.OUTCOME] == keys.INTERRUPTED
+        assert trials[dead.number].user_attrs[keys.OUTCOME] == Outcome.INTERRUPTED
         assert events == [TrialRecovered(dead.number)]
         assert len([t for t in trials if t.state.name == "WAITING"]) == 1
 

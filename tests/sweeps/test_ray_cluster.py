@@ -10,6 +10,7 @@ import time
 import pytest
 
 from sweeps import keys
+from sweeps.outcomes import Outcome
 from tests.sweep_helpers import FIXTURE_MODULE, cli_popen, load, small_spec, write_spec
 
 pytestmark = pytest.mark.slow
@@ -49,7 +50,7 @@ def test_sweep_across_ray_start_nodes_survives_a_killed_raylet(ray_start_cluster
     assert all(t.state.name not in ("RUNNING", "WAITING") for t in study.trials)
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 8
-    lost = [t for t in study.trials if t.user_attrs.get(keys.OUTCOME) == keys.WORKER_LOST]
+    lost = [t for t in study.trials if t.user_attrs.get(keys.OUTCOME) == Outcome.WORKER_LOST]
     nodes = {t.user_attrs[keys.WORKER]["node_id"][:8] for t in finished}
     assert lost, f"killing the raylet under running trials must lose them; ran on {nodes}: {out}"
     for t in lost:

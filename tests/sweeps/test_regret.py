@@ -19,6 +19,7 @@ from stability.detectors import CompositeDetector, Detector
 from stability.records import StepRecord, Verdict
 from sweeps import keys
 from sweeps.objective import PENALTY, TrialTask, run_trial
+from sweeps.outcomes import Outcome
 from sweeps.regret import explosion_regret, rerun_tasks
 from sweeps.space import suggest
 from sweeps.spec import SpecError, parse_spec
@@ -92,10 +93,10 @@ def run_study(spec: Any) -> optuna.Study:
         outcome = run_trial(task_for(spec, trial.number, config.to_dict(), workload_args))
         for key, value in outcome.user_attrs().items():
             trial.set_user_attr(key, value)
-        if outcome.outcome == keys.COMPLETE:
+        if outcome.outcome == Outcome.COMPLETE:
             study.tell(trial, outcome.value)
         else:
-            assert outcome.outcome == keys.EXPLODED, outcome.reason
+            assert outcome.outcome == Outcome.EXPLODED, outcome.reason
             trial.report(PENALTY, max(outcome.steps_run, 1))
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     return study
@@ -105,7 +106,7 @@ def test_regret_counts_the_stable_top3_trial_explosion_pruning_lost(false_alarms
     study = run_study(tiny_spec())
     trials = {t.params["lr"]: t for t in study.trials}
     exploded = sorted(lr for lr, t in trials.items()
-                      if t.user_attrs.get(keys.OUTCOME) == keys.EXPLODED)
+                      if t.user_attrs.get(keys.OUTCOME) == Outcome.EXPLODED)
     assert exploded == [0.01, 0.3, 3.0]
     assert trials[0.01].user_attrs[keys.STEPS_RUN] <= FALSE_ALARM_STEP + 1
     assert len(rerun_tasks(study)) == 3
@@ -147,8 +148,8 @@ def test_stop_on_explosion_false_runs_on_and_records_the_onset(false_alarms: Non
     args = dict(spec.workload.args)
     stopped = run_trial(task_for(tiny_spec(), 0, config, args))
     ran_on = run_trial(task_for(spec, 0, config, args))
-    assert stopped.outcome == keys.EXPLODED and stopped.steps_run <= FALSE_ALARM_STEP + 1
-    assert ran_on.outcome == keys.COMPLETE and ran_on.steps_run == STEPS
+    assert stopped.outcome == Outcome.EXPLODED and stopped.steps_run <= FALSE_ALARM_STEP + 1
+    assert ran_on.outcome == Outcome.COMPLETE and ran_on.steps_run == STEPS
     assert ran_on.verdict is not None and ran_on.verdict["step"] == FALSE_ALARM_STEP
     attrs = ran_on.user_attrs()
     assert attrs[keys.ONSET_STEP] is not None and attrs[keys.ONSET_STEP] <= FALSE_ALARM_STEP

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from sweeps import keys
+from sweeps.outcomes import Outcome
 from tests.sweep_helpers import FIXTURE_MODULE, cli, small_spec, write_spec
 
 pytestmark = pytest.mark.slow
@@ -60,7 +61,8 @@ def test_detached_sweep_followed_stopped_and_resumed(ray_head, tmp_path, monkeyp
     assert "STOPPED" in stopped.stdout
     study = _study(db)
     assert all(t.state.name != "RUNNING" for t in study.trials)
-    interrupted = [t for t in study.trials if t.user_attrs.get(keys.OUTCOME) == keys.INTERRUPTED]
+    interrupted = [t for t in study.trials
+                   if t.user_attrs.get(keys.OUTCOME) == Outcome.INTERRUPTED]
     assert interrupted and all(t.state.name == "FAIL" for t in interrupted)
     status = cli(shell2, "status", "t", "--storage", storage)
     assert status.returncode == 0, status.stdout + status.stderr

@@ -95,7 +95,7 @@ def test_node_lost_mid_sweep_is_retried_and_study_finishes(cluster, tmp_path):
     assert removers, "the sweep finished before a node could be removed"
     assert summary.n_trials == 10
     study = load(tmp_path, "t")
-    lost = [t for t in study.trials if t.user_attrs.get(keys.OUTCOME) == keys.WORKER_LOST]
+    lost = [t for t in study.trials if t.user_attrs.get(keys.OUTCOME) == Outcome.WORKER_LOST]
     assert lost, "removing a node with running trials must lose them"
     for t in lost:
         assert t.state.name == "FAIL"

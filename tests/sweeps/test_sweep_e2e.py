@@ -12,6 +12,7 @@ import yaml
 
 from stability.config import StabilityConfig
 from sweeps import keys
+from sweeps.outcomes import Outcome
 from tests.sweep_helpers import (
     FIXTURE_MODULE,
     cli,
@@ -36,7 +37,7 @@ def test_run_status_export_then_resume(tmp_path):
     assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == 6
     assert "RUNNING" not in counts
     for t in study.trials:
-        assert t.user_attrs[keys.OUTCOME] in (keys.COMPLETE, keys.EXPLODED)
+        assert t.user_attrs[keys.OUTCOME] in (Outcome.COMPLETE, Outcome.EXPLODED)
         assert t.user_attrs[keys.STEPS_RUN] >= 1
         if t.state.name == "PRUNED":  # exploded: verdict recorded, ranked below stable trials
             assert t.user_attrs[keys.VERDICT]["kind"]
@@ -119,7 +120,7 @@ def test_workload_that_raises_fails_its_trial_not_the_sweep(tmp_path):
         assert t.params["workload.fail"] == 1
         assert "boom from the faulty workload" in t.user_attrs[keys.ERROR]
         assert "Traceback" in t.user_attrs[keys.ERROR]
-        assert t.user_attrs[keys.OUTCOME] == keys.FAILED
+        assert t.user_attrs[keys.OUTCOME] == Outcome.FAILED
 
 
 def test_killed_worker_is_retried_and_study_completes(tmp_path):
@@ -132,7 +133,7 @@ def test_killed_worker_is_retried_and_study_completes(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert marker.exists()
     study = load(tmp_path, "t")
-    lost = [t for t in study.trials if t.user_attrs.get(keys.OUTCOME) == keys.WORKER_LOST]
+    lost = [t for t in study.trials if t.user_attrs.get(keys.OUTCOME) == Outcome.WORKER_LOST]
     assert len(lost) == 1 and lost[0].state.name == "FAIL"
     retries = [t for t in study.trials if t.user_attrs.get(keys.RETRY_OF) == lost[0].number]
     assert len(retries) == 1
@@ -173,7 +174,8 @@ def test_sigint_exits_130_closes_running_trials_and_resume_works(tmp_path):
     assert "Resume with: stabsweep run s.yaml" in out
     study = load(tmp_path, "t")
     assert "RUNNING" not in states(study)
-    interrupted = [t for t in study.trials if t.user_attrs.get(keys.OUTCOME) == keys.INTERRUPTED]
+    interrupted = [t for t in study.trials
+                   if t.user_attrs.get(keys.OUTCOME) == Outcome.INTERRUPTED]
     assert interrupted and all(t.state.name == "FAIL" for t in interrupted)
     resumed = cli(tmp_path, "run", "s.yaml", "--workers", "2", "--no-tracking")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -202,6 +204,6 @@ def test_driver_killed_then_rerun_resumes_without_duplicates(tmp_path):
         assert study.trials[number].params == params
     # every trial the dead driver left running was closed and retried exactly once
     for t in study.trials:
-        if t.user_attrs.get(keys.OUTCOME) == keys.INTERRUPTED:
+        if t.user_attrs.get(keys.OUTCOME) == Outcome.INTERRUPTED:
             retries = [r for r in study.trials if r.user_attrs.get(keys.RETRY_OF) == t.number]
             assert len(retries) == 1 and retries[0].params == t.params

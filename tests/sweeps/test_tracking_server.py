@@ -20,8 +20,8 @@ import pytest
 from mlflow_setup import TrackingServer, start_server
 from stability.diagnose import diagnose
 from stability.records import StepRecord, Verdict
-from sweeps import keys
 from sweeps.objective import TrialOutcome, TrialTask, run_trial
+from sweeps.outcomes import Outcome
 from sweeps.tracking import StudyTracker, TrialTracker, auto_layer_every, sync_spool
 from sweeps.tracking import _sink as sink_module
 
@@ -92,7 +92,7 @@ def test_server_outage_mid_sweep_then_sync(server: TrackingServer, tmp_path: Pat
         study_name="outage", trial_number=0, trial_id=0, config={"lr": 1e-3},
         workload="deep_mlp", workload_args={"depth": 4, "width": 16}, steps=40, eval_every=20,
         report_every=10, seed=0, metric="eval_loss", direction="minimize", tracking=settings0))
-    assert out0.outcome == keys.COMPLETE and out0.mlflow_run_id == run0
+    assert out0.outcome == Outcome.COMPLETE and out0.mlflow_run_id == run0
 
     # Trial 1: half its steps land, then the server goes away.
     records1, trace1 = synthetic(600)
@@ -107,7 +107,7 @@ def test_server_outage_mid_sweep_then_sync(server: TrackingServer, tmp_path: Pat
     assert run2.startswith("offline-")
     for i in range(300, 600, 5):
         tracker1.on_sync(records1[i:i + 5])
-    tracker1.finish(fake_result(trace1), TrialOutcome(1, keys.COMPLETE, 0.25, "ok",
+    tracker1.finish(fake_result(trace1), TrialOutcome(1, Outcome.COMPLETE, 0.25, "ok",
                                                       steps_run=600))
     # Trial 2 runs under the placeholder id and explodes; everything goes to the spool.
     records2, trace2 = synthetic(80, nan_at=70)
@@ -116,7 +116,7 @@ def test_server_outage_mid_sweep_then_sync(server: TrackingServer, tmp_path: Pat
         tracker2.on_sync([record])
     verdict = Verdict("nonfinite", 70, math.nan, 0.0, layer="net.0")
     tracker2.finish(fake_result(trace2, verdict),
-                    TrialOutcome(2, keys.EXPLODED, 1e12, f"exploded: {verdict}", steps_run=80))
+                    TrialOutcome(2, Outcome.EXPLODED, 1e12, f"exploded: {verdict}", steps_run=80))
     assert len([w for w in caught if "unreachable" in str(w.message)]) == 1
     assert tracker1.stats.sink.ops_spooled > 0 and tracker2.stats.sink.ops_sent == 0
     assert tracker1.stats.values_lost == tracker2.stats.values_lost == 0

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from sweeps import keys
 from sweeps.cli import app
+from sweeps.outcomes import Outcome
 from sweeps.space import config_from_params
 from sweeps.spec import SpecError, load_spec, parse_spec
 from tests.sweep_helpers import small_spec, write_spec
@@ -113,7 +114,7 @@ def _study_file(tmp_path: Path, workload: str) -> str:
         study.add_trial(create_trial(
             state=TrialState.COMPLETE, value=value, params={"lr": lr},
             distributions={"lr": FloatDistribution(1e-3, 0.1, log=True)},
-            user_attrs={keys.OUTCOME: keys.COMPLETE, keys.CONFIG: config.to_dict(),
+            user_attrs={keys.OUTCOME: Outcome.COMPLETE, keys.CONFIG: config.to_dict(),
                         keys.WORKLOAD_ARGS: args}))
     return url
 
@@ -398,7 +399,7 @@ def test_failed_trial_counts_the_steps_before_it_raised(tmp_path, monkeypatch, c
                      eval_every=20, report_every=3, seed=0, metric="eval_loss",
                      direction="minimize")
     outcome = run_trial(task, on_progress=seen.append)
-    assert outcome.outcome == keys.FAILED and "boom at step 8" in outcome.reason
+    assert outcome.outcome == Outcome.FAILED and "boom at step 8" in outcome.reason
     assert outcome.steps_run == 6 and seen == [3, 6]
 
 
@@ -561,7 +562,7 @@ def test_lost_worker_trial_counts_its_steps_and_output_has_no_ansi(tmp_path):
     assert "\x1b[" not in out, out          # Ray's "(raylet) A worker died" line is plain
     assert "1 worker," in out
     lost = [t for t in load(tmp_path, "t").trials
-            if t.user_attrs.get(keys.OUTCOME) == keys.WORKER_LOST]
+            if t.user_attrs.get(keys.OUTCOME) == Outcome.WORKER_LOST]
     assert len(lost) == 1
     steps = lost[0].user_attrs[keys.STEPS_RUN]
     assert 0 < steps < 40, steps
