@@ -10,6 +10,7 @@ is the GPU Ray assigned (``CUDA_VISIBLE_DEVICES`` is set by Ray, so it is ``cuda
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -158,9 +159,11 @@ def init_ray(address: str | None, *, workers: int | None, cpus_per_trial: float,
         started = True
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
-    fit = int(cpus // cpus_per_trial) if cpus_per_trial > 0 else 10**6
+    # how many shares fit, with a tolerance: in floats 1 // 0.2 == 4.0, so 5 x 0.2 GPU
+    # would not fit one GPU
+    fit = _shares(cpus, cpus_per_trial) if cpus_per_trial > 0 else 10**6
     if gpus_per_trial > 0:
-        fit = min(fit, int(gpus // gpus_per_trial + 1e-9))
+        fit = min(fit, _shares(gpus, gpus_per_trial))
     if workers is None:
         workers = max(1, fit)
     if (workers < 1 or fit < 1 or workers > fit) and started:
@@ -175,3 +178,8 @@ def init_ray(address: str | None, *, workers: int | None, cpus_per_trial: float,
             f"{need} do not fit the {'cluster' if address else 'machine'} ({cpus:g} CPU, "
             f"{gpus:g} GPU); run fewer workers, or give each fewer CPUs/GPUs.")
     return workers, started
+
+
+def _shares(total: float, share: float) -> int:
+    """Whole ``share``s in ``total``: 5 for 1 / 0.2 (``1 // 0.2`` is 4.0 in floating point)."""
+    return math.floor(total / share + 1e-9)

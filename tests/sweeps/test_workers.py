@@ -176,10 +176,6 @@ def test_a_machine_too_small_for_one_worker_is_an_error(fake_ray: Any) -> None:
         init_ray(None, workers=None, cpus_per_trial=2, gpus_per_trial=0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "init_ray floors cpus // cpus_per_trial and gpus // gpus_per_trial in floating point "
-    "(1 // 0.2 == 4.0, 2 // 0.1 == 19.0); its + 1e-9 is added after the floor, so fractional "
-    "shares Ray accepts are refused: 5 x 0.2 GPU on 1 GPU, 20 x 0.1 CPU on 2 CPUs"))
 @pytest.mark.parametrize(("cpus", "gpus", "workers", "cpus_per_trial", "gpus_per_trial"), [
     (8, 1, 5, 1, 0.2),
     (2, 0, 20, 0.1, 0),
