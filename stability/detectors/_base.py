@@ -17,7 +17,7 @@ _BASELINE_ROWS = 32
 """healthy steps kept per detector to name the first layer to cross (median per layer)."""
 
 
-def _number(owner: Detector, name: str, value: Any, *, integer: bool = False,
+def checked_number(owner: Detector, name: str, value: Any, *, integer: bool = False,
             minimum: float | None = None, above: float | None = None,
             below: float | None = None) -> Any:
     """Validate one constructor argument; the message names it, the rule, the value and the
@@ -51,7 +51,7 @@ def first_nonfinite_layer(stats: StepRecord) -> str | None:
     return stats.layer_names[int(np.argmax(bad))]
 
 
-class _LayerBaseline:
+class LayerBaseline:
     """Per-layer norms of the latest healthy steps: the baseline each layer is compared with."""
 
     __slots__ = ("_rows",)

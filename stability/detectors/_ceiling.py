@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from stability.detectors._base import Detector, _LayerBaseline, _number
+from stability.detectors._base import Detector, LayerBaseline, checked_number
 from stability.records import StepRecord, Verdict
 
 
@@ -22,9 +22,9 @@ class CeilingDetector(Detector):
     kind = "ceiling"
 
     def __init__(self, ratio: float = 1e4, baseline: int = 8) -> None:
-        self.ratio = _number(self, "ratio", ratio, above=1.0)
-        self.baseline = _number(self, "baseline", baseline, integer=True, minimum=1)
-        self._layers = _LayerBaseline()
+        self.ratio = checked_number(self, "ratio", ratio, above=1.0)
+        self.baseline = checked_number(self, "baseline", baseline, integer=True, minimum=1)
+        self._layers = LayerBaseline()
         self.reset()
 
     def reset(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from stability.detectors._base import Detector, _LayerBaseline, _number
+from stability.detectors._base import Detector, LayerBaseline, checked_number
 from stability.records import StepRecord, Verdict
 
 
@@ -25,16 +25,16 @@ class GrowthDetector(Detector):
 
     def __init__(self, window: int = 20, min_slope: float = 0.1, min_ratio: float = 100.0,
                  patience: int = 3, warmup: int = 32) -> None:
-        self.window = _number(self, "window", window, integer=True, minimum=3)
-        self.min_slope = _number(self, "min_slope", min_slope, above=0)
-        self.min_ratio = _number(self, "min_ratio", min_ratio, minimum=1.0)
-        self.patience = _number(self, "patience", patience, integer=True, minimum=1)
-        self.warmup = _number(self, "warmup", warmup, integer=True, minimum=0)
+        self.window = checked_number(self, "window", window, integer=True, minimum=3)
+        self.min_slope = checked_number(self, "min_slope", min_slope, above=0)
+        self.min_ratio = checked_number(self, "min_ratio", min_ratio, minimum=1.0)
+        self.patience = checked_number(self, "patience", patience, integer=True, minimum=1)
+        self.warmup = checked_number(self, "warmup", warmup, integer=True, minimum=0)
         self._log_min_ratio = math.log(self.min_ratio)
         n = self.window
         self._xbar = (n - 1) / 2.0
         self._sxx = n * (n * n - 1) / 12.0
-        self._baseline = _LayerBaseline()
+        self._baseline = LayerBaseline()
         self.reset()
 
     def reset(self) -> None:

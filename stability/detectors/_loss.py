@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from stability.detectors._base import Detector, _number
+from stability.detectors._base import Detector, checked_number
 from stability.records import StepRecord, Verdict
 
 
@@ -32,13 +32,13 @@ class LossDivergenceDetector(Detector):
     def __init__(self, factor: float = 10.0, warmup: int = 0, patience: int = 3,
                  smoothing: float = 0.98, initial_factor: float | None = 10.0,
                  regress: float = 1.0, ignore_skipped: bool = False) -> None:
-        self.factor = _number(self, "factor", factor, above=1.0)
-        self.warmup = _number(self, "warmup", warmup, integer=True, minimum=0)
-        self.patience = _number(self, "patience", patience, integer=True, minimum=1)
-        self.smoothing = _number(self, "smoothing", smoothing, minimum=0.0, below=1.0)
+        self.factor = checked_number(self, "factor", factor, above=1.0)
+        self.warmup = checked_number(self, "warmup", warmup, integer=True, minimum=0)
+        self.patience = checked_number(self, "patience", patience, integer=True, minimum=1)
+        self.smoothing = checked_number(self, "smoothing", smoothing, minimum=0.0, below=1.0)
         self.initial_factor = (None if initial_factor is None else
-                               _number(self, "initial_factor", initial_factor, above=1.0))
-        self.regress = _number(self, "regress", regress, minimum=0.0)
+                               checked_number(self, "initial_factor", initial_factor, above=1.0))
+        self.regress = checked_number(self, "regress", regress, minimum=0.0)
         self.ignore_skipped = bool(ignore_skipped)
         self.reset()
 

@@ -6,7 +6,7 @@ import bisect
 import math
 from collections import deque
 
-from stability.detectors._base import Detector, _LayerBaseline, _number
+from stability.detectors._base import Detector, LayerBaseline, checked_number
 from stability.records import StepRecord, Verdict
 
 
@@ -22,11 +22,11 @@ class MedianRatioDetector(Detector):
 
     def __init__(self, window: int = 64, ratio: float = 10.0, patience: int = 5,
                  warmup: int = 32) -> None:
-        self.window = _number(self, "window", window, integer=True, minimum=3)
-        self.ratio = _number(self, "ratio", ratio, above=1.0)
-        self.patience = _number(self, "patience", patience, integer=True, minimum=1)
-        self.warmup = _number(self, "warmup", warmup, integer=True, minimum=1)
-        self._baseline = _LayerBaseline()
+        self.window = checked_number(self, "window", window, integer=True, minimum=3)
+        self.ratio = checked_number(self, "ratio", ratio, above=1.0)
+        self.patience = checked_number(self, "patience", patience, integer=True, minimum=1)
+        self.warmup = checked_number(self, "warmup", warmup, integer=True, minimum=1)
+        self._baseline = LayerBaseline()
         self.reset()
 
     def reset(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from stability.detectors._base import Detector, _number, first_nonfinite_layer
+from stability.detectors._base import Detector, checked_number, first_nonfinite_layer
 from stability.records import StepRecord, Verdict
 
 
@@ -30,7 +30,7 @@ class NonFiniteDetector(Detector):
     kind = "nonfinite"
 
     def __init__(self, max_overflow_streak: int = 32, stop_on_grads: bool = True) -> None:
-        self.max_overflow_streak = _number(self, "max_overflow_streak", max_overflow_streak,
+        self.max_overflow_streak = checked_number(self, "max_overflow_streak", max_overflow_streak,
                                            integer=True, minimum=1)
         self.stop_on_grads = bool(stop_on_grads)
         self._streak = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from stability.detectors._base import Detector, _LayerBaseline, _number
+from stability.detectors._base import Detector, LayerBaseline, checked_number
 from stability.records import StepRecord, Verdict
 
 
@@ -23,13 +23,13 @@ class ZScoreSpikeDetector(Detector):
 
     def __init__(self, alpha: float = 0.97, z_threshold: float = 4.0, warmup: int = 25,
                  patience: int = 3, min_ratio: float = 5.0) -> None:
-        self.alpha = _number(self, "alpha", alpha, above=0.0, below=1.0)
-        self.z_threshold = _number(self, "z_threshold", z_threshold, above=0)
-        self.warmup = _number(self, "warmup", warmup, integer=True, minimum=2)
-        self.patience = _number(self, "patience", patience, integer=True, minimum=1)
-        self.min_ratio = _number(self, "min_ratio", min_ratio, minimum=1.0)
+        self.alpha = checked_number(self, "alpha", alpha, above=0.0, below=1.0)
+        self.z_threshold = checked_number(self, "z_threshold", z_threshold, above=0)
+        self.warmup = checked_number(self, "warmup", warmup, integer=True, minimum=2)
+        self.patience = checked_number(self, "patience", patience, integer=True, minimum=1)
+        self.min_ratio = checked_number(self, "min_ratio", min_ratio, minimum=1.0)
         self._log_min_ratio = math.log(self.min_ratio)
-        self._baseline = _LayerBaseline()
+        self._baseline = LayerBaseline()
         self.reset()
 
     def reset(self) -> None:

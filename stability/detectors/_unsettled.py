@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stability.detectors._base import Detector, _LayerBaseline, _number
+from stability.detectors._base import Detector, LayerBaseline, checked_number
 from stability.records import StepRecord, Verdict
 
 
@@ -19,8 +19,8 @@ class UnsettledDetector(Detector):
     kind = "unsettled"
 
     def __init__(self, patience: int = 10) -> None:
-        self.patience = _number(self, "patience", patience, integer=True, minimum=1)
-        self._baseline = _LayerBaseline()
+        self.patience = checked_number(self, "patience", patience, integer=True, minimum=1)
+        self._baseline = LayerBaseline()
         self.reset()
 
     def reset(self) -> None:
