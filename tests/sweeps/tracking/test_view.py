@@ -38,11 +38,11 @@ def test_stabsweep_ui_prints_the_study_url(study: StudyTracker,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from rich.console import Console
 
-    from sweeps import cli
+    from sweeps import _cli_servers
 
     console = Console(record=True, width=400)
-    monkeypatch.setattr(cli, "console", console)
-    cli._print_study_urls(study.sink.uri, "http://127.0.0.1:5000")
+    monkeypatch.setattr(_cli_servers, "console", console)
+    _cli_servers._print_study_urls(study.sink.uri, "http://127.0.0.1:5000")
     text = console.export_text()
     assert f"tiny: {study.ui_url('http://127.0.0.1:5000')}" in text
     assert "viewStateShareKey=stabsweep" in text and "workflowType=machine_learning" in text
