@@ -4,6 +4,7 @@ is retried, not dropped."""
 from __future__ import annotations
 
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,13 @@ def _writer(uri: str, settings: TrackingSettings, number: int, steps: int) -> di
 def test_concurrent_writers_on_one_sqlite_store(study: StudyTracker) -> None:
     steps, n = 2000, 3
     runs = [study.create_trial_run(i, STABLE) for i in range(n)]
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(n) as pool:
-        results = pool.starmap(_writer, [(study.sink.uri, settings_for(study, run, 1), i, steps)
-                                         for i, run in enumerate(runs)])
+    # A process pool that fails loudly: a writer process that dies (a crash, an import error
+    # while unpickling the task) raises BrokenProcessPool here, where multiprocessing.Pool
+    # would wait forever for the lost task (seen: a fast-suite run hung at this test).
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+        writers = [pool.submit(_writer, study.sink.uri, settings_for(study, run, 1), i, steps)
+                   for i, run in enumerate(runs)]
+        results = [writer.result() for writer in writers]
     client = client_for(study.sink.uri)
     for run_id, result in zip(runs, results):
         assert result["rejected"] == 0 and result["errors"] == []

@@ -56,7 +56,8 @@ def test_nonfinite_values_are_kept_and_tagged(study: StudyTracker) -> None:
 def test_slow_store_never_blocks_training_and_drops_nothing(
         study: StudyTracker, monkeypatch: pytest.MonkeyPatch) -> None:
     """The training thread only appends to the spool: a store that takes 20 ms per call
-    costs on_sync nothing; every point lands when the trial's spool is uploaded."""
+    costs on_sync nothing (it is never called there); every point lands when the trial's
+    spool is uploaded. No wall-clock bound: what on_sync did is counted instead."""
     import time
 
     client = client_for(study.sink.uri)
@@ -72,11 +73,13 @@ def test_slow_store_never_blocks_training_and_drops_nothing(
 
     monkeypatch.setattr(tracker.sink, "_run", slow_run)
     records, trace = synthetic(400)
-    start = time.perf_counter()
     for record in records:
         tracker.on_sync([record])
-    assert not calls  # nothing was sent from the training thread
-    assert time.perf_counter() - start < 2.0 and tracker.stats.write_s < 2.0
+    assert not calls  # nothing was sent from the training thread ...
+    sink = tracker.stats.sink
+    assert sink is not None and sink.ops_sent == 0
+    # ... it was written to the spool: ~5 points a step, full batches of 1000 at the least
+    assert sink.values_spooled >= 1000 and tracker.stats.batches >= 1
     tracker.finish(fake_result(trace), TrialOutcome(0, keys.COMPLETE, 0.5, "ok",
                                                     steps_run=400))
     assert calls and tracker.stats.blocked == 0
