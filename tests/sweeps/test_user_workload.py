@@ -444,12 +444,35 @@ FAKE_DRIVER = textwrap.dedent('''
     def spawn(title):
         return subprocess.Popen(["bash", "-c", f"exec -a {title} sleep 300"]).pid
 
+    def watchdog(pid):
+        """(state, voluntary context switches) of the watchdog, from /proc."""
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+        with open(f"/proc/{pid}/status") as f:
+            switches = [int(line.split()[1]) for line in f
+                        if line.startswith("voluntary_ctxt_switches:")][0]
+        return state, switches
+
+    def wait_in_select(pid, after=-1):
+        """Wait until the watchdog sleeps interruptibly ("S": only its select() does;
+        reading /proc sleeps, if at all, as "D") having blocked more than ``after`` times.
+        Its loop is: note the driver's processes before, then select 1 s / scan, for ever."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            state, switches = watchdog(pid)
+            if state == "S" and switches > after:
+                return switches
+            time.sleep(0.005)
+        sys.exit("the watchdog never waited in select()")
+
     old = spawn("ray::Old")          # before the watchdog: not ours to stop
     reaper = start_reaper()
-    time.sleep(0.5)
+    wait_in_select(reaper.pid)       # in its loop: what ran before it is noted as such
     agent = spawn("ray::FakeAgent")  # what ray.init starts
     other = subprocess.Popen(["sleep", "301"]).pid   # not a Ray process
-    time.sleep(2.5)                  # the watchdog has noted them
+    # The watchdog has noted them once a scan that began after this point is over: it is in
+    # select now (or next), then wakes, scans, and blocks in select again.
+    wait_in_select(reaper.pid, after=wait_in_select(reaper.pid))
     print(old, agent, other, reaper.pid, flush=True)
     time.sleep(300)
 ''')
