@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from sweeps._cli_app import console, err_console, fail, fail_sweep
 from sweeps.options import RunOptions
@@ -89,7 +90,7 @@ def ui(
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
         console.print("the tracking store is a server already.", highlight=False)
-        _print_study_urls(uri, uri)
+        print_study_urls(uri, uri, console)
         return
     # Installed before the server starts, so a SIGTERM during start-up still stops it.
     stop = threading.Event()
@@ -98,7 +99,7 @@ def ui(
         server = start_server(port=port, host=host, backend_store_uri=uri)
     except ServerStartError as exc:
         fail(str(exc))
-    _print_study_urls(uri, server.url)
+    print_study_urls(uri, server.url, console)
     console.print("(Ctrl-C to stop)", highlight=False)
     try:
         while not stop.wait(1.0) and server.alive():
@@ -109,7 +110,7 @@ def ui(
         server.stop()
 
 
-def _print_study_urls(uri: str, base_url: str) -> None:
+def print_study_urls(uri: str, base_url: str, out: Console) -> None:
     """One URL per study (newest first): its trials in the UI's Model training mode."""
     try:
         from sweeps.tracking import study_urls
@@ -117,16 +118,15 @@ def _print_study_urls(uri: str, base_url: str) -> None:
         urls = study_urls(uri, base_url)
     except Exception as exc:  # the UI still serves; say why there is no study link
         urls = []
-        console.print(f"(could not list the studies: {type(exc).__name__}: {exc})",
-                      highlight=False)
+        out.print(f"(could not list the studies: {type(exc).__name__}: {exc})",
+                  highlight=False)
     if not urls:
-        console.print(f"MLflow UI: {base_url.rstrip('/')}/#/experiments?workflowType="
-                      "machine_learning (no stabsweep study in this store yet)",
-                      highlight=False)
+        out.print(f"MLflow UI: {base_url.rstrip('/')}/#/experiments?workflowType="
+                  "machine_learning (no stabsweep study in this store yet)", highlight=False)
         return
-    console.print(f"MLflow UI on {base_url}; open a study's trials:", highlight=False)
+    out.print(f"MLflow UI on {base_url}; open a study's trials:", highlight=False)
     for name, url in urls:
-        console.print(f"  {name}: {url}", highlight=False, soft_wrap=True)
+        out.print(f"  {name}: {url}", highlight=False, soft_wrap=True)
 
 
 def sync(

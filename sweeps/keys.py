@@ -52,8 +52,3 @@ STUDY_VERSION = PREFIX + "version"
 STUDY_MLFLOW_RUN = PREFIX + "mlflow_run_id"
 
 # The outcome words live in sweeps.outcomes.Outcome (with their Optuna state and look).
-from sweeps.outcomes import Outcome  # noqa: E402
-
-COMPLETE, EXPLODED, SLOW = Outcome.COMPLETE, Outcome.EXPLODED, Outcome.SLOW
-FAILED, WORKER_LOST, INTERRUPTED = Outcome.FAILED, Outcome.WORKER_LOST, Outcome.INTERRUPTED
-OUTCOMES = tuple(o for o in Outcome if o.state not in ("RUNNING", "WAITING"))

@@ -131,15 +131,11 @@ def printed_url(logged: dict[str, Any]) -> str:
     prints one per study (checked to be the same here)."""
     from rich.console import Console
 
-    from sweeps import cli
+    from sweeps._cli_servers import print_study_urls
 
     url = logged["study"].ui_url()
     console = Console(record=True, width=400)
-    original, cli.console = cli.console, console
-    try:
-        cli._print_study_urls(logged["server"].url, logged["server"].url)
-    finally:
-        cli.console = original
+    print_study_urls(logged["server"].url, logged["server"].url, console)
     assert f"{STUDY}: {url}" in console.export_text()
     return url
 

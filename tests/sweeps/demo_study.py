@@ -14,6 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from sweeps import keys
+from sweeps.outcomes import Outcome
 from sweeps.space import config_from_params
 from sweeps.spec import SweepSpec, parse_spec
 
@@ -45,25 +46,25 @@ def diagnosis(onset: int, layer: str, kind: str, fix: str) -> dict[str, Any]:
 
 # number: (state, outcome, lr, clip_threshold or None (no clip), value, steps_run, extra attrs)
 TRIALS: list[tuple[TrialState, str, float, float | None, float | None, int, dict[str, Any]]] = [
-    (TrialState.COMPLETE, keys.COMPLETE, 1e-3, None, 0.50, 200, {}),
-    (TrialState.COMPLETE, keys.COMPLETE, 3e-3, 1.0, 0.30, 200, {}),
-    (TrialState.COMPLETE, keys.COMPLETE, 1e-2, 5.0, 0.40, 200, {}),
-    (TrialState.PRUNED, keys.EXPLODED, 0.5, None, None, 120, {
+    (TrialState.COMPLETE, Outcome.COMPLETE, 1e-3, None, 0.50, 200, {}),
+    (TrialState.COMPLETE, Outcome.COMPLETE, 3e-3, 1.0, 0.30, 200, {}),
+    (TrialState.COMPLETE, Outcome.COMPLETE, 1e-2, 5.0, 0.40, 200, {}),
+    (TrialState.PRUNED, Outcome.EXPLODED, 0.5, None, None, 120, {
         keys.ONSET_STEP: 95, keys.FIRST_LAYER: "layers.11",
         keys.VERDICT: {"kind": "nonfinite", "step": 120},
         keys.DIAGNOSIS: diagnosis(95, "layers.11", "nonfinite", "clip the global norm at 2.0")}),
-    (TrialState.PRUNED, keys.EXPLODED, 0.8, 2.0, None, 80, {
+    (TrialState.PRUNED, Outcome.EXPLODED, 0.8, 2.0, None, 80, {
         keys.ONSET_STEP: 40, keys.FIRST_LAYER: "layers.0",
         keys.VERDICT: {"kind": "spike", "step": 80},
         keys.DIAGNOSIS: diagnosis(40, "layers.0", "spike", "warm up over 60 steps")}),
-    (TrialState.PRUNED, keys.EXPLODED, 0.3, None, None, 60, {
+    (TrialState.PRUNED, Outcome.EXPLODED, 0.3, None, None, 60, {
         keys.ONSET_STEP: 31, keys.FIRST_LAYER: "layers.11",
         keys.VERDICT: {"kind": "nonfinite", "step": 60},
         keys.DIAGNOSIS: diagnosis(31, "layers.11", "nonfinite", "lower lr to 0.03")}),
-    (TrialState.PRUNED, keys.SLOW, 0.6, 0.5, None, 100, {}),
-    (TrialState.FAIL, keys.FAILED, 1e-3, None, None, 10, {
+    (TrialState.PRUNED, Outcome.SLOW, 0.6, 0.5, None, 100, {}),
+    (TrialState.FAIL, Outcome.FAILED, 1e-3, None, None, 10, {
         keys.ERROR: "Traceback (most recent call last):\n  ...\nRuntimeError: boom"}),
-    (TrialState.COMPLETE, keys.COMPLETE, 2e-4, None, 0.80, 200, {keys.ATTEMPT: 2,
+    (TrialState.COMPLETE, Outcome.COMPLETE, 2e-4, None, 0.80, 200, {keys.ATTEMPT: 2,
                                                                  keys.RETRY_OF: 7}),
 ]
 
@@ -91,10 +92,10 @@ def make_study(trials: list[Any] = TRIALS, name: str = "demo",
         config, args = config_from_params(params, the_spec)
         attrs = {keys.OUTCOME: outcome, keys.STEPS_RUN: steps, keys.CONFIG: config.to_dict(),
                  keys.WORKLOAD_ARGS: args, keys.WALL_TIME: 1.5, **extra}
-        if outcome == keys.EXPLODED:
+        if outcome == Outcome.EXPLODED:
             attrs[keys.REASON] = f"exploded: {extra[keys.VERDICT]['kind']}"
-        intermediate = {100: 0.01} if outcome == keys.EXPLODED else (
-            {100: 0.9} if outcome == keys.SLOW else {})
+        intermediate = {100: 0.01} if outcome == Outcome.EXPLODED else (
+            {100: 0.9} if outcome == Outcome.SLOW else {})
         study.add_trial(create_trial(
             state=state, value=value, params=params,
             distributions={k: DISTS[k] for k in params}, user_attrs=attrs,

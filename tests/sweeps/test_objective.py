@@ -22,6 +22,7 @@ import pytest
 
 from sweeps import keys
 from sweeps.objective import PENALTY, TrialOutcome, TrialTask, run_trial, worker_info
+from sweeps.outcomes import Outcome
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -247,7 +248,7 @@ def test_a_trial_that_cannot_start_fails_and_never_raises(change: dict[str, Any]
 
 # ------------------------------------------------------------------ user_attrs
 def test_user_attrs_of_a_complete_trial() -> None:
-    outcome = TrialOutcome(5, keys.COMPLETE, 0.25, "completed 40 steps", steps_run=40,
+    outcome = TrialOutcome(5, Outcome.COMPLETE, 0.25, "completed 40 steps", steps_run=40,
                            final_eval={"eval_loss": 0.25, "accuracy": 0.9},
                            diagnosis={"exploded": False, "onset_step": None},
                            wall_time_s=1.23456, worker={"node": "n", "pid": 2})
@@ -264,7 +265,7 @@ def test_user_attrs_of_a_complete_trial() -> None:
 def test_user_attrs_make_non_finite_floats_json_safe() -> None:
     verdict = {"kind": "nonfinite", "step": 7, "value": math.nan, "threshold": math.inf,
                "layer": "03:Linear"}
-    outcome = TrialOutcome(1, keys.EXPLODED, PENALTY, "exploded: nonfinite", steps_run=8,
+    outcome = TrialOutcome(1, Outcome.EXPLODED, PENALTY, "exploded: nonfinite", steps_run=8,
                            verdict=verdict,
                            final_eval={"eval_loss": math.inf, "other": -math.inf, "ok": 1.5},
                            diagnosis={"onset_step": 4, "first_layer": "03:Linear"})
@@ -278,13 +279,13 @@ def test_user_attrs_make_non_finite_floats_json_safe() -> None:
 
 def test_user_attrs_onset_only_for_an_explosion_and_the_error_tail() -> None:
     diagnosis = {"onset_step": 9, "first_layer": "00:Linear"}
-    complete = TrialOutcome(0, keys.COMPLETE, 0.5, "", diagnosis=diagnosis).user_attrs()
+    complete = TrialOutcome(0, Outcome.COMPLETE, 0.5, "", diagnosis=diagnosis).user_attrs()
     assert keys.ONSET_STEP not in complete and keys.FIRST_LAYER not in complete
     # exploded without a verdict (a non-finite final eval): the onset is still recorded
-    exploded = TrialOutcome(0, keys.EXPLODED, PENALTY, "", diagnosis=diagnosis).user_attrs()
+    exploded = TrialOutcome(0, Outcome.EXPLODED, PENALTY, "", diagnosis=diagnosis).user_attrs()
     assert (exploded[keys.ONSET_STEP], exploded[keys.FIRST_LAYER]) == (9, "00:Linear")
     error = "Traceback (most recent call last):\n" + "x" * 5000 + "\nRuntimeError: boom"
-    attrs = TrialOutcome(0, keys.FAILED, None, "workload raised", error=error).user_attrs()
+    attrs = TrialOutcome(0, Outcome.FAILED, None, "workload raised", error=error).user_attrs()
     assert len(attrs[keys.ERROR]) == 4000 and attrs[keys.ERROR].endswith("RuntimeError: boom")
     assert keys.DIAGNOSIS not in attrs and keys.VERDICT not in attrs
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from sweeps import keys
 from sweeps.objective import TrialOutcome
+from sweeps.outcomes import Outcome
 from sweeps.tracking import StudyTracker, TrackingSettings, TrialTracker
 from sweeps.tracking import _sink as sink_module
 from tests.sweeps.tracking.helpers import (
@@ -30,7 +30,7 @@ def _writer(uri: str, settings: TrackingSettings, number: int, steps: int) -> di
     tracker = TrialTracker(settings, trial_number=number, send_interval=0.05)
     for i in range(0, steps, 4):
         tracker.on_sync(records[i:i + 4])
-    tracker.finish(fake_result(trace), TrialOutcome(number, keys.COMPLETE, 0.5, "ok",
+    tracker.finish(fake_result(trace), TrialOutcome(number, Outcome.COMPLETE, 0.5, "ok",
                                                     steps_run=steps))
     stats = tracker.stats.sink
     return {"rejected": stats.rejected, "spooled": stats.ops_spooled, "errors": stats.errors,

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweeps import keys
 from sweeps.objective import run_trial
+from sweeps.outcomes import Outcome
 from sweeps.tracking import StudyTracker, auto_layer_every
 from tests.sweeps.tracking.helpers import (
     CLIPPED,
@@ -115,7 +115,7 @@ def test_resume_reuses_parent_and_closes_lost_trials(study: StudyTracker,
                                                      tmp_path: Path) -> None:
     client = client_for(study.sink.uri)
     lost = study.create_trial_run(0, STABLE)
-    study.close_trial_run(lost, keys.WORKER_LOST, "worker died (node lost)")
+    study.close_trial_run(lost, Outcome.WORKER_LOST, "worker died (node lost)")
     study.close(status="KILLED")  # Ctrl-C
     again = StudyTracker.open("tiny", SPEC, study.sink.uri, study.parent_run_id,
                               spool_dir=tmp_path / "spool")
@@ -123,7 +123,7 @@ def test_resume_reuses_parent_and_closes_lost_trials(study: StudyTracker,
     assert client.get_run(again.parent_run_id).info.status == "RUNNING"
     retry = again.create_trial_run(0, STABLE, attempt=2)
     stopped = again.create_trial_run(1, STABLE)
-    again.close_trial_run(stopped, keys.INTERRUPTED, "driver interrupted")
+    again.close_trial_run(stopped, Outcome.INTERRUPTED, "driver interrupted")
     run = client.get_run(lost)
     assert run.info.status == "FAILED"
     assert run.data.tags["stabsweep.state"] == "worker_lost"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from stability.records import Verdict
-from sweeps import keys
 from sweeps.objective import TrialOutcome
+from sweeps.outcomes import Outcome
 from sweeps.tracking import StudyTracker, TrialTracker, sync_spool
 from sweeps.tracking import _sink as sink_module
 from tests.sweeps.tracking.helpers import (
@@ -89,9 +89,9 @@ def test_store_down_spools_everything_and_sync_uploads_once(
     for record in records:
         tracker.on_sync([record])
     verdict = Verdict("nonfinite", 100, math.nan, 0.0, layer="net.4")
-    outcome = TrialOutcome(1, keys.EXPLODED, 1e12, f"exploded: {verdict}", steps_run=120)
+    outcome = TrialOutcome(1, Outcome.EXPLODED, 1e12, f"exploded: {verdict}", steps_run=120)
     assert tracker.finish(fake_result(trace, verdict), outcome) == placeholder
-    study.close_trial_run(first, keys.WORKER_LOST, "lost while the server was down")
+    study.close_trial_run(first, Outcome.WORKER_LOST, "lost while the server was down")
     assert tracker.stats.sink.ops_spooled > 0 and tracker.stats.sink.ops_sent == 0
     assert len(client.search_runs([study.experiment_id])) == 2  # parent + trial 0 only
 

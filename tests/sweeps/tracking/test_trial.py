@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from stability.records import Verdict
-from sweeps import keys
 from sweeps.objective import TrialOutcome
+from sweeps.outcomes import Outcome
 from sweeps.tracking import StudyTracker, TrialTracker
 from tests.sweeps.tracking.helpers import (
     STABLE,
@@ -32,7 +32,7 @@ def test_nonfinite_values_are_kept_and_tagged(study: StudyTracker) -> None:
     for i in range(0, 300, 3):
         tracker.on_sync(records[i:i + 3])
     verdict = Verdict("nonfinite", 250, math.nan, 0.0, layer="net.4")
-    outcome = TrialOutcome(0, keys.EXPLODED, 1e12, f"exploded: {verdict}", steps_run=300)
+    outcome = TrialOutcome(0, Outcome.EXPLODED, 1e12, f"exploded: {verdict}", steps_run=300)
     result = fake_result(trace, verdict)
     assert tracker.finish(result, outcome) == run_id
     grad = history(client, run_id, "grad_norm/global")
@@ -80,7 +80,7 @@ def test_slow_store_never_blocks_training_and_drops_nothing(
     assert sink is not None and sink.ops_sent == 0
     # ... it was written to the spool: ~5 points a step, full batches of 1000 at the least
     assert sink.values_spooled >= 1000 and tracker.stats.batches >= 1
-    tracker.finish(fake_result(trace), TrialOutcome(0, keys.COMPLETE, 0.5, "ok",
+    tracker.finish(fake_result(trace), TrialOutcome(0, Outcome.COMPLETE, 0.5, "ok",
                                                     steps_run=400))
     assert calls and tracker.stats.blocked == 0
     assert [s for s, _ in history(client, run_id, "grad_norm/global")] == list(range(400))

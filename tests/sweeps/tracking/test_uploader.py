@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from stability.records import Verdict
-from sweeps import keys
 from sweeps.objective import TrialOutcome
+from sweeps.outcomes import Outcome
 from sweeps.tracking import StudyTracker, TrialTracker
 from tests.sweeps.tracking.helpers import (
     STABLE,
@@ -37,7 +37,7 @@ def test_uploader_process_sends_a_finished_trial(study: StudyTracker,
         tracker.on_sync([record])
     verdict = Verdict("nonfinite", 100, math.nan, 0.0, layer="net.4")
     tracker.finish(fake_result(trace, verdict),
-                   TrialOutcome(0, keys.EXPLODED, 1e12, f"exploded: {verdict}", steps_run=120))
+                   TrialOutcome(0, Outcome.EXPLODED, 1e12, f"exploded: {verdict}", steps_run=120))
     assert tracker.stats.sink.ops_sent == 0  # the worker sent nothing itself
     assert tracker.wait_landed(timeout=120), (Path(settings.spool_dir) / "uploader.log"
                                               ).read_text()[-2000:]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from sweeps.tracking import StudyTracker
 from tests.sweeps.tracking.helpers import client_for
 
@@ -34,15 +32,13 @@ def test_experiment_carries_the_view_the_url_opens(study: StudyTracker) -> None:
                  "?workflowType=machine_learning&viewStateShareKey=stabsweep")]
 
 
-def test_stabsweep_ui_prints_the_study_url(study: StudyTracker,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stabsweep_ui_prints_the_study_url(study: StudyTracker) -> None:
     from rich.console import Console
 
-    from sweeps import _cli_servers
+    from sweeps._cli_servers import print_study_urls
 
     console = Console(record=True, width=400)
-    monkeypatch.setattr(_cli_servers, "console", console)
-    _cli_servers._print_study_urls(study.sink.uri, "http://127.0.0.1:5000")
+    print_study_urls(study.sink.uri, "http://127.0.0.1:5000", console)
     text = console.export_text()
     assert f"tiny: {study.ui_url('http://127.0.0.1:5000')}" in text
     assert "viewStateShareKey=stabsweep" in text and "workflowType=machine_learning" in text
