@@ -53,14 +53,21 @@ class Running:
 
 
 def recover(study: optuna.Study, storage: Any, spec: SweepSpec, options: RunOptions,
-            emit: EventHandler, reason: str = "the sweep stopped before this trial finished"
-            ) -> None:
+            emit: EventHandler, tracker: Any,
+            reason: str = "the sweep stopped before this trial finished") -> None:
     """Close the trials a stopped driver left running and retry their params: every RUNNING
     trial of a SQLite study (we hold its lock), only those whose heartbeat is stale on a
     database server (see :func:`sweeps.studies.recover_stale`)."""
     stale = storage.stale_trial_ids(study._study_id) if storage.shared else None
+
+    def closed(frozen: optuna.trial.FrozenTrial) -> None:
+        run_id = frozen.user_attrs.get(keys.MLFLOW_RUN)
+        if run_id:  # its MLflow run ends KILLED too, instead of RUNNING forever
+            tracker.close_trial_run(str(run_id), Outcome.INTERRUPTED, reason)
+        emit(TrialRecovered(frozen.number))
+
     recover_stale(study, steps=spec.steps, max_retries=options.max_retries, reason=reason,
-                  stale_ids=stale, on_recovered=lambda number: emit(TrialRecovered(number)))
+                  stale_ids=stale, on_recovered=closed)
 
 
 class Dispatcher:
@@ -116,6 +123,8 @@ class Dispatcher:
         if attempt == 1:
             trial.set_user_attr(keys.ATTEMPT, 1)
         run_id = self.tracker.create_trial_run(trial.number, trial.params, attempt)
+        if run_id is not None:  # a driver that resumes after us closes it if we die
+            trial.set_user_attr(keys.MLFLOW_RUN, run_id)
         spec = self.spec
         task = TrialTask(
             study_name=spec.study, trial_number=trial.number, trial_id=trial._trial_id,
@@ -189,7 +198,8 @@ class Dispatcher:
                              item.steps, dict(trial.params), wall, self.best_value()))
 
     def recover_stale(self, reason: str) -> None:
-        recover(self.study, self.storage, self.spec, self.options, self.emit, reason)
+        recover(self.study, self.storage, self.spec, self.options, self.emit, self.tracker,
+                reason)
 
     def interrupt(self) -> None:
         """Ctrl-C may land anywhere, even between ask() and dispatch: close what we know, then

@@ -20,6 +20,7 @@ stabsweep.retry_of          number of the trial this one retries (retries only)
 stabsweep.error             traceback (failed trials)
 stabsweep.wall_time_s       seconds the trial ran in its worker
 stabsweep.worker            {node, pid, gpu_ids, torch_threads, device}
+stabsweep.mlflow_run_id     the trial's MLflow run (set at dispatch, when tracking is on)
 ==========================  =====================================================================
 
 Study user attributes: ``stabsweep.spec`` (SweepSpec.to_dict()), ``stabsweep.space_signature``,
@@ -45,6 +46,7 @@ RETRY_OF = PREFIX + "retry_of"
 ERROR = PREFIX + "error"
 WALL_TIME = PREFIX + "wall_time_s"
 WORKER = PREFIX + "worker"
+MLFLOW_RUN = PREFIX + "mlflow_run_id"
 
 STUDY_SPEC = PREFIX + "spec"
 STUDY_SIGNATURE = PREFIX + "space_signature"

@@ -81,11 +81,12 @@ class _Driver:
     def run(self) -> SweepSummary:
         start = time.perf_counter()
         study = open_study(self.spec, self.storage.backend, self.storage.display_url)
-        recover(study, self.storage, self.spec, self.options, self.emit)
         if finished_count(study) >= self.spec.n_trials:
+            recover(study, self.storage, self.spec, self.options, self.emit, self.tracker)
             self.emit(AlreadyDone(finished_count(study), self.spec.n_trials))
             return self._summary(study, start, dispatched=0)
         self.tracker = self._open_tracker(study)
+        recover(study, self.storage, self.spec, self.options, self.emit, self.tracker)
         if not ray.is_initialized():  # the Ray we start dies with us, even on kill -9
             self.reaper = start_reaper()
         try:

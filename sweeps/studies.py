@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.study import StudyDirection
-from optuna.trial import Trial, TrialState
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 from mlflow_setup.uri import redact
 from sweeps import keys
@@ -96,7 +96,7 @@ def retry(study: optuna.Study, number: int, params: dict[str, Any], attempt: int
 
 def recover_stale(study: optuna.Study, *, steps: int, max_retries: int, reason: str,
                   stale_ids: Iterable[int] | None = None,
-                  on_recovered: Callable[[int], None] = lambda number: None) -> None:
+                  on_recovered: Callable[[FrozenTrial], None] = lambda frozen: None) -> None:
     """Close trials left RUNNING (by a driver that died, or one interrupted mid-ask) as
     interrupted (FAIL) and retry their params.
 
@@ -122,4 +122,4 @@ def recover_stale(study: optuna.Study, *, steps: int, max_retries: int, reason: 
             continue  # another driver closed it first, and retries it
         retry(study, frozen.number, frozen.params, int(frozen.user_attrs.get(keys.ATTEMPT, 1)),
               max_retries)
-        on_recovered(frozen.number)
+        on_recovered(frozen)

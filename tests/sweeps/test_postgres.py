@@ -124,6 +124,7 @@ def test_a_live_drivers_trial_is_left_alone_a_stale_one_retried_once(tmp_path, p
     from sweeps.runner import RunOptions
     from sweeps.spec import parse_spec
     from sweeps.storage import StudyStorage
+    from sweeps.tracking._null import NullTracker
 
     spec = parse_spec(small_spec())
     with StudyStorage(pg_url) as storage:
@@ -139,7 +140,7 @@ def test_a_live_drivers_trial_is_left_alone_a_stale_one_retried_once(tmp_path, p
         events: list = []
         options = RunOptions(workdir=tmp_path, tracking=False)
         for _ in range(2):  # two drivers find it stale; one closes and retries it
-            recover(study, storage, spec, options, events.append)
+            recover(study, storage, spec, options, events.append, NullTracker())
         trials = study.get_trials(deepcopy=False)
         assert trials[live.number].state.name == "RUNNING"
         assert trials[dead.number].state.name == "FAIL"

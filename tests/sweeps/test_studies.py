@@ -71,7 +71,8 @@ def test_recover_closes_running_trials_with_their_known_steps_and_retries_them()
     reported = study.ask(LR)
     reported.report(0.4, 300)               # beyond the budget: capped at steps
     seen: list[int] = []
-    recover_stale(study, steps=100, max_retries=2, reason="stopped", on_recovered=seen.append)
+    recover_stale(study, steps=100, max_retries=2, reason="stopped",
+                  on_recovered=lambda frozen: seen.append(frozen.number))
     first, second = study.trials[:2]
     assert first.state == second.state == TrialState.FAIL
     assert first.user_attrs[keys.OUTCOME] == Outcome.INTERRUPTED
@@ -121,3 +122,29 @@ def test_summary_counts_outcomes_steps_and_the_best() -> None:
     assert summary.count(Outcome.EXPLODED, Outcome.SLOW) == 2
     assert summary.wall_time_s >= 1.0
     assert finished_count(study) == 4
+
+
+def test_a_recovered_trial_ends_its_mlflow_run_too(tmp_path: Path) -> None:
+    """A dead driver's trial is closed in Optuna and its MLflow run ends KILLED (interrupted),
+    not RUNNING forever in the UI."""
+    from sweeps.dispatch import recover
+    from sweeps.events import TrialRecovered
+    from sweeps.options import RunOptions
+
+    class Tracker:
+        def __init__(self) -> None:
+            self.closed: list[tuple[str, str, str]] = []
+
+        def close_trial_run(self, run_id: str, outcome: str, reason: str) -> None:
+            self.closed.append((run_id, outcome, reason))
+
+    study = optuna.create_study()
+    tracked, untracked = study.ask(LR), study.ask(LR)
+    tracked.set_user_attr(keys.MLFLOW_RUN, "run-abc")
+    storage = type("Storage", (), {"shared": False})()
+    events: list[object] = []
+    tracker = Tracker()
+    recover(study, storage, parse_spec(small_spec()), RunOptions(workdir=tmp_path),
+            events.append, tracker, "stopped")
+    assert tracker.closed == [("run-abc", Outcome.INTERRUPTED, "stopped")]
+    assert events == [TrialRecovered(tracked.number), TrialRecovered(untracked.number)]
