@@ -63,6 +63,13 @@ def suggest(diag: Diagnosis, frame: pd.DataFrame, config: StabilityConfig | None
             "precision", f"train in bf16 instead of fp16: {diag.overflow_count} of "
             f"{diag.steps} steps overflowed (fp16 tops out at 65504; bf16 has fp32's range)",
             {"precision": "bf16"})))
+    if cfg.precision == "fp16_noscale" and config is not None:
+        # no loss scaler: an overflow is an inf gradient at once (a nonfinite verdict, no
+        # overflow count), and small gradients underflow to zero on the way
+        ranked.append((100 if diag.verdict_kind in ("nonfinite", "unsettled") else 65, Suggestion(
+            "precision", "train in bf16 (fp32's range), or keep fp16 with loss scaling "
+            "(precision: fp16): without a scaler an fp16 gradient past 65504 is inf and "
+            "small ones underflow to zero", {"precision": "bf16"})))
     tight_clip = False
     if p90 is not None and p90 > 0:
         at = _sig(p90)

@@ -130,6 +130,28 @@ def test_fp16_many_overflows_suggests_bf16_first() -> None:
     assert f"{diag.overflow_count} of {n} steps overflowed" in diag.suggestions[0].text
 
 
+@pytest.mark.parametrize(("on_spike", "kind"), [("stop", "nonfinite"), ("skip", "unsettled")])
+def test_fp16_without_scaling_suggests_bf16_or_scaling_first(on_spike: str, kind: str) -> None:
+    """fp16_noscale has no scaler, so no overflow count: inf gradients are the sign (stop:
+    the first one; skip: they are skipped until they do not settle)."""
+    n = 60
+    rng = np.random.default_rng(3)
+    layers = np.array([0.2, 0.3, 0.4, 0.5]) * np.exp(rng.normal(0, 0.2, (n, 4)))
+    layers[40:, 2] = np.inf
+    trace = make_trace(n, layers, np.full(n, 0.5))
+    at = 40 if kind == "nonfinite" else 49  # the guard's verdict (skip: the 10th in a row)
+    verdict = Verdict(kind=kind, step=at, value=math.inf, threshold=math.nan, layer="fc2",
+                      detector="NonFiniteDetector", message="non-finite gradient")
+    diag = diagnose(trace, verdict,
+                    config=StabilityConfig(precision="fp16_noscale", on_spike=on_spike))
+    assert (diag.verdict_kind, diag.overflow_count) == (kind, 0)
+    first = diag.suggestions[0]
+    assert (first.intervention, first.changes) == ("precision", {"precision": "bf16"})
+    assert "loss scaling (precision: fp16)" in first.text
+    plain = diagnose(trace, verdict, config=StabilityConfig(precision="fp32", on_spike=on_spike))
+    assert plain.exploded and all(s.intervention != "precision" for s in plain.suggestions)
+
+
 def test_recovered_transient_is_healthy() -> None:
     n = 300
     rng = np.random.default_rng(4)
