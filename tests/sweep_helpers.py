@@ -21,6 +21,16 @@ FIXTURE_MODULE = textwrap.dedent('''
     from stability.workloads import load_workload
 
 
+    def _first_to_claim(path):
+        """True in exactly one process: two workers at call 5 at once must not both die
+        (checking the marker and then creating it let both through)."""
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
+
+
     class Faulty:
         name = "faulty"
 
@@ -48,8 +58,7 @@ FIXTURE_MODULE = textwrap.dedent('''
                 time.sleep(self.delay)
             if self.fail == 1:
                 raise RuntimeError("boom from the faulty workload")
-            if self.die_once and self.calls == 5 and not os.path.exists(self.die_once):
-                open(self.die_once, "w").close()
+            if self.die_once and self.calls == 5 and _first_to_claim(self.die_once):
                 os.kill(os.getpid(), 9)
             return self.inner.loss(model, batch)
 
