@@ -7,8 +7,9 @@ It never runs in a trial's process, so the MLflow client's Python work does not 
 training for the GIL. While the store is down it retries every few seconds; the operations stay
 in the spool, where the driver's end-of-sweep sync or ``stabsweep sync`` also finds them.
 
-It runs at a lower CPU priority (nice 10): on a host whose cores the trials keep busy, the
-store's work waits for idle CPU instead of slowing them down.
+It runs at a lower CPU priority (nice 10, its session's scheduling group too: see
+:func:`lower_priority`): on a host whose cores the trials keep busy, the store's work waits
+for idle CPU instead of slowing them down.
 
 Started by :func:`ensure_uploader` (the driver at ``StudyTracker.open``, any worker's first
 TrialTracker); a lock file keeps it to one per folder; it exits after ``_IDLE_S`` seconds with
@@ -141,6 +142,25 @@ def _send(sink: Any, tail: _Tail) -> bool:
     return True
 
 
+NICE = int(os.environ.get("STABSWEEP_UPLOADER_NICE", "10"))
+"""How far the uploader steps back for the trials (0: not at all); the environment variable
+reaches it through the worker that starts it."""
+
+
+def lower_priority(nice: int = NICE) -> None:
+    """Take only the CPU the trials leave idle: on a busy host the trials come first.
+
+    ``os.nice`` alone does not do it where the kernel groups tasks by session
+    (``sched_autogroup``, on by default in most distributions): the uploader runs in a session
+    of its own, and the scheduler shares CPU between sessions first, so a niced process in its
+    own session still gets as much as all the trial workers together. The session's group has
+    a nice value of its own, in ``/proc/self/autogroup``: set both."""
+    with contextlib.suppress(OSError):
+        os.nice(nice)
+    with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as group:
+        group.write(str(nice))
+
+
 def run(spool_dir: str | Path, tracking_uri: str) -> None:
     """The uploader's loop (this process holds the folder's lock until it exits)."""
     import warnings
@@ -155,8 +175,7 @@ def run(spool_dir: str | Path, tracking_uri: str) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return  # another uploader has the folder
-    with contextlib.suppress(OSError):
-        os.nice(10)  # CPU the trials leave idle: on a busy host the trials come first
+    lower_priority()
     sink = Sink(tracking_uri, folder, name=f"uploader-{os.getpid()}")
     label = redact(tracking_uri)
     tails: dict[Path, _Tail] = {}

@@ -48,3 +48,24 @@ def test_uploader_process_sends_a_finished_trial(study: StudyTracker,
     artifacts = sorted(a.path for a in client.list_artifacts(run_id))
     assert artifacts == ["diagnosis.json", "grad_norm_trace.png", "layer_heatmap.png",
                          "trace.parquet"]  # the plots were drawn by the uploader
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(),
+                    reason="the kernel does not group tasks by session (no sched_autogroup)")
+def test_the_uploader_lowers_its_session_group_not_only_its_nice() -> None:
+    """The uploader runs in a session of its own; with sched_autogroup the scheduler shares the
+    CPU between sessions first, so only the group's nice keeps it behind the trials."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os
+        from sweeps.tracking._uploader import NICE, lower_priority
+        lower_priority()
+        print(os.nice(0), NICE, open("/proc/self/autogroup").read().split()[-1])
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          start_new_session=True, timeout=60, check=True)
+    process_nice, wanted, group_nice = (int(v) for v in done.stdout.split())
+    assert process_nice >= wanted and group_nice == wanted
