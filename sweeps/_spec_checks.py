@@ -53,8 +53,8 @@ def check_arg(path: str, workload: str, arg: str, arg_names: tuple[str, ...] | N
     if not NAME_RE.match(arg):
         raise SpecError(path, f"{arg!r} is not an argument name; use letters, digits and '_'")
     if arg in RESERVED_WORKLOAD_ARGS:
-        raise SpecError(path, f"{arg} is set per trial by the sweep (top-level seed, the CLI's "
-                        "--device); remove it")
+        raise SpecError(path, f"{arg} is set per trial by the sweep (the top-level seed, the "
+                        "device a worker gets); remove it")
     if arg_names is not None and arg not in arg_names:
         raise SpecError(path, f"{workload} has no argument {arg!r}; valid: "
                         f"{', '.join(arg_names) or '(none)'}{did_you_mean(arg, arg_names)}")

@@ -123,7 +123,7 @@ class StudyTracker:
                 raise RuntimeError(
                     f"cannot reach the MLflow tracking store {redact(tracking_uri)} "
                     f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Start it "
-                    "(`stabsweep ui` serves the local store), fix --tracking-uri, or run "
+                    "(`stabsweep ui` serves the local store), fix the tracking URI, or run "
                     "without tracking.") from exc
             raise
         tracker = cls(sink, study_name, experiment_id, parent or "", layer_every, plots,
