@@ -14,7 +14,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 FIXTURE_MODULE = textwrap.dedent('''
-    """A user workload that wraps deep_mlp and injects faults on request."""
+    """A user workload that wraps deep_mlp and does what a test asks at a chosen loss call.
+
+    delay       seconds to sleep in every loss call
+    fail        1: every loss call raises
+    die_once    a marker path: the first process to reach call 5 claims it and kills itself
+    record      a folder: each model() under Ray writes "<gpu ids>;<torch threads>" there
+    raise_at    this call raises (a two-line message)
+    bump_at     this call's loss value jumps by 1000 (its gradient does not)
+    wait_at     this call waits until the file ``release`` exists (at most 120 s)
+    """
     import os
     import time
 
@@ -31,20 +40,19 @@ FIXTURE_MODULE = textwrap.dedent('''
         return True
 
 
-    class Faulty:
-        name = "faulty"
+    class Scripted:
+        name = "scripted"
 
-        def __init__(self, seed, device, delay, die_once, fail, record):
-            self.inner = load_workload("deep_mlp", seed=seed, device=device, depth=3, width=8,
-                                       batch_size=16)
-            self.delay, self.die_once, self.fail, self.record = delay, die_once, fail, record
-            self.calls = 0
+        def __init__(self, seed, device, script, **inner):
+            self.inner = load_workload("deep_mlp", seed=seed, device=device, **inner)
+            self.script, self.calls = script, 0
 
         def model(self):
+            record = self.script["record"]
             import ray
-            if self.record and ray.is_initialized():
+            if record and ray.is_initialized():
                 import torch
-                with open(os.path.join(self.record, f"{os.getpid()}-{time.time_ns()}"), "w") as f:
+                with open(os.path.join(record, f"{os.getpid()}-{time.time_ns()}"), "w") as f:
                     f.write(f"{','.join(str(g) for g in ray.get_gpu_ids())};"
                             f"{torch.get_num_threads()}")
             return self.inner.model()
@@ -54,20 +62,34 @@ FIXTURE_MODULE = textwrap.dedent('''
 
         def loss(self, model, batch):
             self.calls += 1
-            if self.delay:
-                time.sleep(self.delay)
-            if self.fail == 1:
+            do = self.script
+            if do["delay"]:
+                time.sleep(do["delay"])
+            if do["fail"] == 1:
                 raise RuntimeError("boom from the faulty workload")
-            if self.die_once and self.calls == 5 and _first_to_claim(self.die_once):
+            if self.calls == do["raise_at"]:
+                raise RuntimeError(f"boom at call {self.calls}\\nsecond line of the message")
+            if do["die_once"] and self.calls == 5 and _first_to_claim(do["die_once"]):
                 os.kill(os.getpid(), 9)
-            return self.inner.loss(model, batch)
+            if self.calls == do["wait_at"]:
+                deadline = time.monotonic() + 120
+                while not os.path.exists(do["release"]) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            loss = self.inner.loss(model, batch)
+            if self.calls == do["bump_at"]:
+                loss = loss + 1000.0  # the value jumps, the gradient does not: training as usual
+            return loss
 
         def evaluate(self, model):
             return self.inner.evaluate(model)
 
 
-    def make(seed=0, device="cpu", delay=0.0, die_once="", fail=0, record=""):
-        return Faulty(seed, device, delay, die_once, fail, record)
+    def make(seed=0, device="cpu", delay=0.0, die_once="", fail=0, record="", raise_at=None,
+             bump_at=None, wait_at=None, release="", depth=3, width=8, batch_size=16):
+        script = {"delay": delay, "die_once": die_once, "fail": fail, "record": record,
+                  "raise_at": raise_at, "bump_at": bump_at, "wait_at": wait_at,
+                  "release": release}
+        return Scripted(seed, device, script, depth=depth, width=width, batch_size=batch_size)
 ''')
 
 

@@ -13,7 +13,6 @@ import math
 import os
 import socket
 import sys
-import textwrap
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ import pytest
 from sweeps import keys
 from sweeps.objective import PENALTY, TrialOutcome, TrialTask, run_trial, worker_info
 from sweeps.outcomes import Outcome
+from tests.sweep_helpers import FIXTURE_MODULE
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -33,48 +33,13 @@ HUGE_LR = {"optimizer": "sgd", "lr": 5.0}
 """deep_mlp depth 4 under plain SGD at lr 5: the loss is 100s of times the first by step 2."""
 
 SCRIPTED = "stabsweep_scripted_workload"
-SCRIPTED_MODULE = textwrap.dedent('''
-    """deep_mlp, with a loss that raises or jumps at a chosen call (for sweeps.objective)."""
-    from stability.workloads import load_workload
-
-
-    class Scripted:
-        name = "scripted"
-
-        def __init__(self, seed, device, raise_at, bump_at):
-            self.inner = load_workload("deep_mlp", seed=seed, device=device, depth=4, width=16,
-                                       batch_size=32)
-            self.raise_at, self.bump_at, self.calls = raise_at, bump_at, 0
-
-        def model(self):
-            return self.inner.model()
-
-        def batches(self):
-            return self.inner.batches()
-
-        def loss(self, model, batch):
-            self.calls += 1
-            if self.calls == self.raise_at:
-                raise RuntimeError(f"boom at call {self.calls}\\nsecond line of the message")
-            loss = self.inner.loss(model, batch)
-            if self.calls == self.bump_at:
-                loss = loss + 1000.0  # the value jumps, the gradient does not: training as usual
-            return loss
-
-        def evaluate(self, model):
-            return self.inner.evaluate(model)
-
-
-    def make(seed=0, device="cpu", raise_at=None, bump_at=None):
-        return Scripted(seed, device, raise_at, bump_at)
-''')
 
 
 @pytest.fixture(scope="module")
 def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The ``module:factory`` name of a user workload whose loss raises or jumps on request."""
     folder = tmp_path_factory.mktemp("workload")
-    (folder / f"{SCRIPTED}.py").write_text(SCRIPTED_MODULE)
+    (folder / f"{SCRIPTED}.py").write_text(FIXTURE_MODULE)
     sys.path.insert(0, str(folder))
     try:
         yield f"{SCRIPTED}:make"
@@ -158,7 +123,7 @@ def test_stop_on_explosion_false_records_the_verdict_and_runs_every_step(scripte
     """A detector fires at step 11 (the loss jumps 1000x, its gradient does not): with
     stop_on_explosion the trial ends there; without, it trains to the last step, keeps its
     outcome and records the verdict and its onset."""
-    jump = {"bump_at": 12}  # the 12th loss: step 11
+    jump = {**ARGS, "bump_at": 12}  # the 12th loss: step 11
     stopped = run_trial(task(STABLE, workload=scripted, workload_args=jump))
     assert stopped.outcome == "exploded" and stopped.steps_run == 12
     assert stopped.verdict is not None and stopped.verdict["step"] == 11
@@ -214,7 +179,7 @@ def test_a_trial_the_pruner_stops_is_slow_with_its_last_value() -> None:
 def test_a_workload_that_raises_fails_the_trial_with_its_traceback(scripted: str) -> None:
     seen: list[int] = []
     info = {"node": "n1", "pid": 1}
-    outcome = run_trial(task(STABLE, workload=scripted, workload_args={"raise_at": 15},
+    outcome = run_trial(task(STABLE, workload=scripted, workload_args={**ARGS, "raise_at": 15},
                              report_every=4), info=info, on_progress=seen.append)
     assert outcome.outcome == "failed" and outcome.value is None
     assert outcome.reason == "workload raised RuntimeError: boom at call 15"  # first line

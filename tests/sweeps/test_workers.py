@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from sweeps.objective import TrialTask
 from sweeps.workers import SweepResourceError, WorkerPool, init_ray, plain_ray_output
+from tests.sweep_helpers import FIXTURE_MODULE
 
 
 class _Tty(io.StringIO):
@@ -190,43 +190,6 @@ def test_fractional_shares_that_add_up_exactly_fit(
 
 # ------------------------------------------------------------------ real Ray (slow)
 BLOCKING = "stabsweep_blocking_workload"
-BLOCKING_MODULE = textwrap.dedent('''
-    """deep_mlp whose loss waits at one call until a file exists (to watch a running trial)."""
-    import os
-    import time
-
-    from stability.workloads import load_workload
-
-
-    class Blocking:
-        name = "blocking"
-
-        def __init__(self, seed, device, wait_at, release):
-            self.inner = load_workload("deep_mlp", seed=seed, device=device, depth=3, width=8,
-                                       batch_size=16)
-            self.wait_at, self.release, self.calls = wait_at, release, 0
-
-        def model(self):
-            return self.inner.model()
-
-        def batches(self):
-            return self.inner.batches()
-
-        def loss(self, model, batch):
-            self.calls += 1
-            if self.calls == self.wait_at:
-                deadline = time.monotonic() + 120
-                while not os.path.exists(self.release) and time.monotonic() < deadline:
-                    time.sleep(0.02)
-            return self.inner.loss(model, batch)
-
-        def evaluate(self, model):
-            return self.inner.evaluate(model)
-
-
-    def make(seed=0, device="cpu", wait_at=None, release=""):
-        return Blocking(seed, device, wait_at, release)
-''')
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +199,7 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     if ray.is_initialized():
         pytest.skip("Ray is already initialised in this process")
     folder = tmp_path_factory.mktemp("ray-workload")
-    (folder / f"{BLOCKING}.py").write_text(BLOCKING_MODULE)
+    (folder / f"{BLOCKING}.py").write_text(FIXTURE_MODULE)
     repo = str(Path(__file__).resolve().parents[2])
     saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_USAGE_STATS_ENABLED")}
     os.environ.pop("RAY_ADDRESS", None)
