@@ -125,11 +125,14 @@ def machine() -> str:
             f"at the end, Python {platform.python_version()}")
 
 
-def write_block(name: str, text: str) -> Path:
-    """The README block of a finding: benchmarks/results/<name>.md."""
+def write_block(name: str, text: str, figures: Sequence[Path] = ()) -> Path:
+    """Print the README block of a finding and write it to benchmarks/results/<name>.md;
+    say where it and its ``figures`` are."""
+    print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.md"
     path.write_text(text.rstrip() + "\n", encoding="utf-8")
+    print(f"wrote {', '.join(map(str, [*figures, path]))}")
     return path
 
 

@@ -103,9 +103,7 @@ Result: final eval loss of bf16 is {within_spread('bf16')}; of fp16 with loss sc
 
 `python benchmarks/repro_fp16.py`: {wall / 60:.1f} min on {machine()}.
 """
-    print(text)
-    write_block("fp16", text)
-    print(f"wrote {png} and {RESULTS / 'fp16.md'}")
+    write_block("fp16", text, [png])
 
 
 def _pct(values: list[float]) -> str:

@@ -122,9 +122,7 @@ Result: {verdict_cliff}. Best eval MSE: clipped {clipped_best:.3f}, unclipped
 
 `python benchmarks/repro_pascanu.py`: {wall / 60:.1f} min on {machine()}.
 """
-    print(text)
-    write_block("pascanu", text)
-    print(f"wrote {png} and {RESULTS / 'pascanu.md'}")
+    write_block("pascanu", text, [png])
 
 
 if __name__ == "__main__":

@@ -120,9 +120,7 @@ Result: best post-LN: {said(post)}; best pre-LN: {said(pre)}.
 
 `python benchmarks/repro_xiong.py`: {wall / 60:.1f} min on {machine()}.
 """
-    print(text)
-    write_block("xiong", text)
-    print(f"wrote {', '.join(map(str, pngs))} and {RESULTS / 'xiong.md'}")
+    write_block("xiong", text, pngs)
 
 
 if __name__ == "__main__":
