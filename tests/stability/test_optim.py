@@ -46,6 +46,16 @@ def fused_step(opt: torch.optim.Optimizer, skip: bool) -> None:
         del box.grad_scale, box.found_inf
 
 
+def step_both(opt: torch.optim.Optimizer, params: list[nn.Parameter],
+              reference: torch.optim.Optimizer, ref_params: list[nn.Parameter],
+              step: int) -> None:
+    """The same gradients into both models, then a step of each optimizer."""
+    set_grads(params, grads_for(step, params))
+    set_grads(ref_params, grads_for(step, ref_params))
+    fused_step(opt, skip=False)
+    reference.step()
+
+
 def snapshot(params: list[nn.Parameter]) -> list[torch.Tensor]:
     return [p.detach().clone() for p in params]
 
@@ -143,10 +153,7 @@ def test_skipped_first_sgd_step_applies_nothing_and_leaves_no_momentum(name: str
         assert torch.count_nonzero(opt.state[p]["momentum_buffer"]) == 0
 
     for step in range(1, 4):
-        set_grads(params, grads_for(step, params))
-        set_grads(ref_params, grads_for(step, ref_params))
-        fused_step(opt, skip=False)
-        reference.step()
+        step_both(opt, params, reference, ref_params, step)
         for p, q in zip(params, ref_params):
             torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
     for p, q in zip(params, ref_params):
@@ -189,10 +196,7 @@ def test_skipped_first_adam_step_applies_nothing(name: str) -> None:
         assert torch.equal(p.detach(), s)
 
     for step in range(1, 4):
-        set_grads(params, grads_for(step, params))
-        set_grads(ref_params, grads_for(step, ref_params))
-        fused_step(opt, skip=False)
-        reference.step()
+        step_both(opt, params, reference, ref_params, step)
     for p, q in zip(params, ref_params):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
         assert float(opt.state[p]["step"]) == 3.0

@@ -425,6 +425,18 @@ def _start_time(pid: int) -> str | None:
     return None if fields[0] in ("Z", "X") else fields[19]
 
 
+def _first_trial_worker(record: Path, timeout: float = 120.0) -> int:
+    """The pid of the worker whose model() wrote first to ``record`` (the test workload's
+    record folder), once one has; fails when no trial starts within ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not any(record.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert any(record.iterdir()), "no trial started"
+    return int(next(record.iterdir()).name.split("-")[0])
+
+
 def _wait_gone(pids: dict[int, str | None], timeout: float) -> dict[int, str | None]:
     import time
 
@@ -523,10 +535,7 @@ def test_real_sweep_driver_kill_9_leaves_no_ray_process(tmp_path):
     write_spec(tmp_path / "s.yaml", data)
     proc = cli_popen(tmp_path, "run", "s.yaml", "--workers", "1", "--no-tracking")
     try:
-        deadline = time.monotonic() + 120
-        while not any(record.iterdir()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert any(record.iterdir()), "no trial started"
+        _first_trial_worker(record)
         time.sleep(2.0)  # the agents are up and the watchdog has noted them
         ray_pids: dict[int, str | None] = {}
         todo = [proc.pid]
@@ -571,10 +580,7 @@ def test_lost_worker_trial_counts_its_steps_and_output_has_no_ansi(tmp_path):
     write_spec(tmp_path / "s.yaml", data)
     proc = cli_popen(tmp_path, "run", "s.yaml", "--workers", "1", "--no-tracking")
     try:
-        deadline = time.monotonic() + 120
-        while not any(record.iterdir()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        worker = int(next(record.iterdir()).name.split("-")[0])
+        worker = _first_trial_worker(record)
         time.sleep(2.5)  # a dozen steps, and the driver has asked for them
         os.kill(worker, signal.SIGKILL)
         out, _ = proc.communicate(timeout=180)
