@@ -83,7 +83,10 @@ def suggest(diag: Diagnosis, frame: pd.DataFrame, config: StabilityConfig | None
                 {"clip_method": "norm", "clip_threshold": at})))
         else:
             tight_clip = True  # clipping was already tight: the update size is not the cause
-    if onset <= _EARLY_ONSET:
+    # a run that blew up while its lr was still warming up met its limit below the peak: a
+    # longer warm-up only moves the blow-up later; the lr at onset is the number that matters
+    in_warmup = 0 < onset < warmup
+    if onset <= _EARLY_ONSET and not in_warmup:
         steps = _nice_steps(max(100.0, 2.0 * onset))
         if warmup < steps:
             have = f"{warmup}-step warm-up" if warmup else "no warm-up"
@@ -101,8 +104,14 @@ def suggest(diag: Diagnosis, frame: pd.DataFrame, config: StabilityConfig | None
     if lr is not None and math.isfinite(lr) and lr > 0:
         lower = _sig(lr / 3.0, 2)
         no_growth = diag.growth_rate is None or diag.growth_rate < 1.01
-        ranked.append((88 if tight_clip or no_growth else 50, Suggestion(
-            "lr", f"lower the lr to {lower:g} (onset at lr {lr:.3g})", {"lr": lower})))
+        during = f", during the warm-up to {cfg.lr:g}" if in_warmup else ""
+        # Adam's step is the gradient over its running RMS: clipping the norm scales both and
+        # hardly shrinks the update, so for Adam the lr comes before clipping (README example:
+        # clipped at the p90 it still blows up, at a third of the onset lr it trains)
+        adaptive = config is not None and cfg.optimizer in ("adam", "adamw")
+        rank = 91 if adaptive else 88 if tight_clip or no_growth or in_warmup else 50
+        ranked.append((rank, Suggestion(
+            "lr", f"lower the lr to {lower:g} (onset at lr {lr:.3g}{during})", {"lr": lower})))
     if layer is not None and cfg.init == "default":
         names = [tr.layer_of(c) for c in tr.layer_columns(frame)]
         lowered = layer.lower()

@@ -74,7 +74,8 @@ def test_explosion_onset_layer_growth_and_loss(verdict: Verdict | None) -> None:
 
 
 def test_clip_suggestion_is_the_printed_p90() -> None:
-    diag = diagnose(exploding_trace(), nan_verdict(), StabilityConfig(lr=5e-2))
+    config = StabilityConfig(lr=5e-2, optimizer="sgd")
+    diag = diagnose(exploding_trace(), nan_verdict(), config)
     clip = next(s for s in diag.suggestions if s.intervention == "clip")
     expected = float(f"{diag.pre_onset_norm_p90:.3g}")
     assert clip.changes == {"clip_method": "norm", "clip_threshold": expected}
@@ -85,7 +86,25 @@ def test_clip_suggestion_is_the_printed_p90() -> None:
     lr = next(s for s in diag.suggestions if s.intervention == "lr")
     assert lr.changes["lr"] == float(f"{diag.lr_at_onset / 3:.2g}")
     for s in diag.suggestions:  # every change applies to the config
-        StabilityConfig(lr=5e-2).replace(**s.changes)
+        config.replace(**s.changes)
+
+
+def test_adam_is_told_to_lower_the_lr_before_clipping() -> None:
+    # Adam divides by the gradient's running RMS: a clipped norm hardly shrinks its step
+    diag = diagnose(exploding_trace(), nan_verdict(), StabilityConfig(lr=5e-2, optimizer="adam"))
+    kinds = [s.intervention for s in diag.suggestions]
+    assert kinds.index("lr") < kinds.index("clip")
+
+
+def test_blow_up_during_the_warm_up_is_not_told_to_warm_up_longer() -> None:
+    # onset at step 120 while the lr still rises towards its peak at step 200
+    config = StabilityConfig(lr=5e-2, optimizer="sgd", warmup_steps=200)
+    diag = diagnose(exploding_trace(), nan_verdict(), config)
+    kinds = [s.intervention for s in diag.suggestions]
+    assert "warmup" not in kinds
+    lr = next(s for s in diag.suggestions if s.intervention == "lr")
+    assert "during the warm-up to 0.05" in lr.text
+    assert kinds.index("lr") <= 1
 
 
 def test_tight_clip_already_in_place_puts_lr_first() -> None:
