@@ -10,7 +10,7 @@ so no trial stops early; every trial's steps are checked) run as
 * ``loop``: a plain Python loop calling ``stability.trainer.train`` at 1 torch thread;
   ``loop2``: the same trials shared by two plain processes (no Ray), the scaling this
   machine allows at the moment, against which ``ss2`` is judged;
-* ``ss1`` / ``ss2``: ``sweeps.runner.run_sweep`` with 1 / 2 workers, tracking off, the
+* ``ss1`` / ``ss2``: ``sweeps.driver.runner.run_sweep`` with 1 / 2 workers, tracking off, the
   embedded SQLite storage in a temp folder;
 * ``tune1`` / ``tune2``: ``tune.Tuner`` + ``OptunaSearch`` with ``max_concurrent_trials`` 1 / 2,
   1 CPU per trial, ``reuse_actors`` left at its default (False), the trainable calling the same
@@ -102,7 +102,7 @@ def spec_dict(n: int, steps: int) -> dict[str, Any]:
 
 
 def ray_init_kwargs() -> dict[str, Any]:
-    """What sweeps.workers.init_ray passes, so every Ray mode starts the same cluster."""
+    """What sweeps.worker.pool.init_ray passes, so every Ray mode starts the same cluster."""
     import logging
 
     env = {"PYTHONPATH": os.pathsep.join(p for p in [str(ROOT), *sys.path] if p)}
@@ -152,14 +152,14 @@ class DriverTimers:
     TARGETS: ClassVar[dict[str, tuple[str, str]]] = {
         "_dispatch": ("Dispatcher", "dispatch"), "_collect": ("Dispatcher", "collect"),
         "_tell": ("module", "tell_outcome"), "_finished_count": ("module", "finished_count")}
-    """span -> what is wrapped: a Dispatcher method, or a function sweeps.dispatch calls."""
+    """span -> what is wrapped: a Dispatcher method, or a function sweeps.driver.dispatch calls."""
 
     def __init__(self) -> None:
         self.spans: dict[str, list[float]] = {name: [] for name in self.METHODS}
         self.collect_start: dict[int, float] = {}
 
     def install(self) -> None:
-        from sweeps import dispatch
+        from sweeps.driver import dispatch
 
         for name, (where, attr) in self.TARGETS.items():
             owner: Any = dispatch.Dispatcher if where == "Dispatcher" else dispatch
@@ -212,8 +212,7 @@ def run_stabsweep(points: list[dict[str, Any]], steps: int, workers: int,
                   profile: bool) -> dict[str, Any]:
     import optuna
 
-    from sweeps.events import TrialDispatched, TrialEnded
-    from sweeps.runner import RunOptions, run_sweep
+    from sweeps.driver import RunOptions, TrialDispatched, TrialEnded, run_sweep
     from sweeps.spec import parse_spec
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -23,7 +23,7 @@ trial's training). Settings:
   other candidates (median, percentile 25 with 5 or 2 start-up trials, hyperband, successive
   halving) run with ``--settings d+median d+p25 d+p25s2 d+hyperband d+sh``;
 * ``e``  Ray Tune + ``OptunaSearch`` (the spec's TPE sampler, same seed, the same
-  define-by-run space through ``sweeps.space.suggest``) + ``ASHAScheduler`` (``time_attr``
+  define-by-run space through ``sweeps.spec.space.suggest``) + ``ASHAScheduler`` (``time_attr``
   step, grace 20 steps, ``max_t`` steps, reduction factor 4 (its default)), the trainable
   calling the same ``train()`` and reporting ``eval_loss`` at each evaluation; explosion
   verdicts are recorded, never acted on (as in ``a``);
@@ -37,7 +37,7 @@ acted on), steps run after each explosion's onset (the diagnosis's onset step; f
 verdict step, which is later, so ``e``'s figure is a lower bound), the best objective (a trial
 that ran every step) and its trial number. And **regret** for the settings that prune
 explosions: every trial stopped as exploded is rerun to its end, same params and seed, no
-stopping (``sweeps.regret.explosion_regret``, on the same Ray workers); counted: those that
+stopping (``sweeps.results.regret.explosion_regret``, on the same Ray workers); counted: those that
 end stable, and those that would rank in the study's top 3.
 
 Printed: per workload and setting, the mean and (min-max) over seeds; then ratios against
@@ -149,7 +149,7 @@ def spec_for(workload: str, setting: str, seed: int, trials: int, steps: int,
 def run_stabsweep(spec: Any, tmp: Path) -> tuple[float, Any]:
     import optuna
 
-    from sweeps.runner import RunOptions, run_sweep
+    from sweeps.driver import RunOptions, run_sweep
 
     url = f"sqlite:///{tmp / 'stabsweep.db'}"
     options = RunOptions(workers=2, storage=url, tracking=False, cpus_per_trial=1.0,
@@ -163,8 +163,7 @@ def run_stabsweep(spec: Any, tmp: Path) -> tuple[float, Any]:
 def measure_study(run: Run, study: Any, spec: Any) -> None:
     from optuna.trial import TrialState
 
-    from sweeps import keys
-    from sweeps.outcomes import Outcome
+    from sweeps.common import Outcome, keys
 
     finished = [t for t in study.get_trials(deepcopy=False)
                 if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -193,7 +192,7 @@ def measure_study(run: Run, study: Any, spec: Any) -> None:
 
 
 def regret(run: Run, study: Any, spec: Any) -> None:
-    from sweeps.regret import explosion_regret
+    from sweeps.results import explosion_regret
 
     start = time.perf_counter()
     report = explosion_regret(study, spec, top_k=TOP_K, map_tasks=ray_map)
@@ -223,7 +222,7 @@ def run_tune(run: Run, spec: Any, tmp: Path) -> None:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from sweeps.samplers import make_sampler
+    from sweeps.spec import make_sampler
 
     spec_data = spec.to_dict()
 
@@ -263,13 +262,13 @@ def run_tune(run: Run, spec: Any, tmp: Path) -> None:
 
 class DefineByRun:
     """OptunaSearch's space: the same params, conditions and ranges as stabsweep's ask
-    (``sweeps.space.suggest``); a class, not a closure, so Tune can pickle its searcher."""
+    (``sweeps.spec.space.suggest``); a class, not a closure, so Tune can pickle its searcher."""
 
     def __init__(self, spec: Any) -> None:
         self.spec = spec
 
     def __call__(self, trial: Any) -> None:
-        from sweeps.space import suggest
+        from sweeps.spec import suggest
 
         suggest(trial, self.spec)
 
@@ -278,16 +277,14 @@ def _tune_trainable(config: dict[str, Any], spec_data: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from stability.detectors import detector_for
+    from stability.detectors import VerdictRecorder, detector_for
     from stability.trainer import train
-    from sweeps.objective import _VerdictRecorder
-    from sweeps.space import config_from_params
-    from sweeps.spec import parse_spec
+    from sweeps.spec import config_from_params, parse_spec
 
     torch.set_num_threads(1)
     spec = parse_spec(spec_data)
     stability_config, workload_args = config_from_params(config, spec)
-    recorder = _VerdictRecorder(detector_for(stability_config, spec.detector))
+    recorder = VerdictRecorder(detector_for(stability_config, spec.detector))
 
     def verdict_step() -> int:
         return -1 if recorder.verdict is None else int(recorder.verdict.step)

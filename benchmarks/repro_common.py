@@ -38,11 +38,11 @@ def run_seeds(spec_path: Path, seeds: Sequence[int], *, workers: int = 2,
     import optuna
     import ray
 
-    from sweeps import keys
-    from sweeps._trials import trials_frame
-    from sweeps.runner import RunOptions, run_sweep
+    from sweeps.common import keys
+    from sweeps.driver import RunOptions, run_sweep
+    from sweeps.results import trials_frame
     from sweeps.spec import load_spec
-    from sweeps.workers import init_ray
+    from sweeps.worker import init_ray
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_spec(spec_path)

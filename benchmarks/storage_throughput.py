@@ -101,7 +101,7 @@ def spec(study: str, n_trials: int, pruner: bool):  # type: ignore[no-untyped-de
 
 def sweep_rate(kind: str, workers: int, n_trials: int, pg: str | None) -> float:
     """Trials per minute of a real sweep with this storage."""
-    from sweeps.runner import RunOptions, run_sweep
+    from sweeps.driver import RunOptions, run_sweep
 
     workdir = Path(tempfile.mkdtemp(prefix="stabsweep-bench-"))
     try:
@@ -118,7 +118,7 @@ def report_latency(kind: str, reporters: int, n: int, pg: str | None) -> float:
     """Median seconds of one trial.report + should_prune, with `reporters` concurrent ones."""
     import optuna
 
-    from sweeps.storage import StudyStorage
+    from sweeps.store import StudyStorage
 
     workdir = Path(tempfile.mkdtemp(prefix="stabsweep-bench-"))
     url = fresh_pg_database(pg) if kind == "postgresql" and pg else None

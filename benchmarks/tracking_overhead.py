@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stability.records import StepRecord
 from stability.trainer import train
-from sweeps.objective import TrialOutcome
-from sweeps.outcomes import Outcome
+from sweeps.common import Outcome
 from sweeps.tracking import StudyTracker, TrialTracker, auto_layer_every
+from sweeps.worker import TrialOutcome
 
 CONFIG = {"lr": 3e-4, "init": "kaiming_normal"}
 WORKLOADS = {

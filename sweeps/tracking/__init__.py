@@ -10,13 +10,13 @@ Driver::
     tracker.close_trial_run(run_id, "worker_lost", reason)             # if the worker died
     tracker.finish_study({"summary.csv": path, ...}, {"n_trials": 16, ...})
 
-Worker (``sweeps.objective.run_trial``)::
+Worker (``sweeps.worker.objective.run_trial``)::
 
     tracker = TrialTracker.start(task)        # task.tracking: TrackingSettings
     train(..., on_sync=tracker.on_sync)       # non-blocking: a background thread logs
     tracker.finish(result, outcome)           # tags, eval metrics, artifacts, run status
 
-Nothing here is imported by ``import sweeps.objective``; mlflow is imported on first use.
+Nothing here is imported by ``import sweeps.worker.objective``; mlflow is imported on first use.
 Metric keys and their cadence: see ``sweeps/tracking/_series.py``. A store that is down:
 operations are spooled under ``TrackingSettings.spool_dir`` and uploaded later
 (:func:`sync_spool`, ``stabsweep sync``).
@@ -25,6 +25,7 @@ operations are spooled under ``TrackingSettings.spool_dir`` and uploaded later
 from __future__ import annotations
 
 from sweeps.tracking._failures import TrackingUnavailable
+from sweeps.tracking._null import NullTracker
 from sweeps.tracking._settings import (
     DEFAULT_PLOTS,
     MIN_LAYER_EVERY,
@@ -55,6 +56,7 @@ __all__ = [
     "TAG_REASON",
     "TAG_STATE",
     "TAG_VERDICT_KIND",
+    "NullTracker",
     "SinkStats",
     "StudyTracker",
     "SyncReport",

@@ -30,16 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_setup import redact, resolve_tracking_uri
-from sweeps.outcomes import Outcome
+from sweeps.common import Outcome
 from sweeps.tracking import _settings as names
 from sweeps.tracking._experiment import reusable_run, study_experiment
 from sweeps.tracking._failures import is_transient
 from sweeps.tracking._series import metric_key
-from sweeps.tracking._settings import (
-    DEFAULT_PLOTS,
-    TrackingSettings,
-    default_spool_dir,
-)
+from sweeps.tracking._settings import DEFAULT_PLOTS, TrackingSettings, default_spool_dir
 from sweeps.tracking._sink import Sink
 from sweeps.tracking._spool import Spool, spool_files
 from sweeps.tracking._sync import SyncReport, sync_spool

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeps.outcomes import Outcome
+from sweeps.common import Outcome
 from sweeps.tracking import _settings as names
 from sweeps.tracking._series import EXPLOSION_WINDOW, Point, TraceEncoder
 from sweeps.tracking._settings import TrackingSettings
@@ -106,7 +106,7 @@ class TrialTracker:
 
     @classmethod
     def start(cls, task: Any) -> TrialTracker:
-        """The tracker of ``task`` (a sweeps.objective.TrialTask whose ``tracking`` is set)."""
+        """The tracker of ``task`` (a sweeps.worker.TrialTask whose ``tracking`` is set)."""
         settings = task.tracking
         if not isinstance(settings, TrackingSettings):
             raise TypeError("task.tracking must be a sweeps.tracking.TrackingSettings (from "

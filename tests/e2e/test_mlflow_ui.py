@@ -28,9 +28,9 @@ import pytest
 from mlflow_setup import TrackingServer, start_server
 from stability.diagnose import diagnose
 from stability.records import StepRecord, Verdict
-from sweeps.objective import TrialOutcome
-from sweeps.outcomes import Outcome
+from sweeps.common import Outcome
 from sweeps.tracking import StudyTracker, TrialTracker
+from sweeps.worker import TrialOutcome
 
 pytestmark = pytest.mark.e2e
 
@@ -113,7 +113,7 @@ def _report(folder: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sweeps.report import markdown_to_html
+    from sweeps.results._html import markdown_to_html
 
     folder.mkdir(parents=True)
     fig, ax = plt.subplots(figsize=(4, 3))
@@ -131,7 +131,7 @@ def printed_url(logged: dict[str, Any]) -> str:
     prints one per study (checked to be the same here)."""
     from rich.console import Console
 
-    from sweeps._cli_servers import print_study_urls
+    from sweeps.cli._servers import print_study_urls
 
     url = logged["study"].ui_url()
     console = Console(record=True, width=400)

@@ -13,8 +13,8 @@ import pandas as pd
 
 from stability.diagnose import diagnose
 from stability.records import StepRecord, Verdict
-from sweeps.objective import TrialTask
 from sweeps.tracking import StudyTracker, TrackingSettings
+from sweeps.worker import TrialTask
 
 SPEC = {"study": "tiny", "description": "tracking test",
         "workload": {"name": "deep_mlp", "args": {"depth": 4, "width": 16}},

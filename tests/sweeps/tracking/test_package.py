@@ -1,4 +1,4 @@
-"""The sweeps.tracking package: importing it (and sweeps.objective) loads neither mlflow nor
+"""The sweeps.tracking package: importing it (and sweeps.worker.objective) loads neither mlflow nor
 torch."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def test_imports_stay_light() -> None:
-    code = ("import sys, sweeps.objective, sweeps.tracking; "
+    code = ("import sys, sweeps.worker.objective, sweeps.tracking; "
             "print('mlflow' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout.split()

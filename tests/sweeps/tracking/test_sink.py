@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from sweeps.objective import TrialOutcome
-from sweeps.outcomes import Outcome
+from sweeps.common import Outcome
 from sweeps.tracking import StudyTracker, TrackingSettings, TrialTracker
 from sweeps.tracking import _sink as sink_module
+from sweeps.worker import TrialOutcome
 from tests.sweeps.tracking.helpers import (
     STABLE,
     client_for,

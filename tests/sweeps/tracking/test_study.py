@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweeps.objective import run_trial
-from sweeps.outcomes import Outcome
+from sweeps.common import Outcome
 from sweeps.tracking import StudyTracker, auto_layer_every
+from sweeps.worker import run_trial
 from tests.sweeps.tracking.helpers import (
     CLIPPED,
     EXPLODES,

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from stability.records import Verdict
-from sweeps.objective import TrialOutcome
-from sweeps.outcomes import Outcome
+from sweeps.common import Outcome
 from sweeps.tracking import StudyTracker, TrialTracker, sync_spool
 from sweeps.tracking import _sink as sink_module
+from sweeps.worker import TrialOutcome
 from tests.sweeps.tracking.helpers import (
     EXPLODES,
     STABLE,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from stability.records import Verdict
-from sweeps.objective import TrialOutcome
-from sweeps.outcomes import Outcome
+from sweeps.common import Outcome
 from sweeps.tracking import StudyTracker, TrialTracker
+from sweeps.worker import TrialOutcome
 from tests.sweeps.tracking.helpers import (
     STABLE,
     client_for,

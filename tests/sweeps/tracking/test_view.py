@@ -35,7 +35,7 @@ def test_experiment_carries_the_view_the_url_opens(study: StudyTracker) -> None:
 def test_stabsweep_ui_prints_the_study_url(study: StudyTracker) -> None:
     from rich.console import Console
 
-    from sweeps._cli_servers import print_study_urls
+    from sweeps.cli._servers import print_study_urls
 
     console = Console(record=True, width=400)
     print_study_urls(study.sink.uri, "http://127.0.0.1:5000", console)

@@ -1,0 +1,56 @@
+"""sweeps.cli.progress: the CLI's live display draws the driver's events."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from sweeps.cli.progress import SweepDisplay
+from sweeps.common import Outcome
+from sweeps.driver import (
+    AlreadyDone,
+    StorageServed,
+    SweepStarted,
+    SweepWarning,
+    TrialDispatched,
+    TrialEnded,
+    TrialRecovered,
+)
+
+
+def _display() -> tuple[SweepDisplay, Console]:
+    console = Console(record=True, width=200)
+    return SweepDisplay(console), console
+
+
+def test_each_event_is_drawn() -> None:
+    display, console = _display()
+    display(SweepStarted("s", 2, "sqlite:///x.db", 1, 4))
+    display(StorageServed("127.0.0.1", 7777))
+    display(TrialRecovered(3))
+    display(TrialDispatched(4, {"lr": 0.1}, 1))  # no line of its own
+    display(TrialEnded(4, Outcome.COMPLETE, 0.123456, "completed 40 steps", 40,
+                       {"lr": 0.1}, 0.5, 0.123456))
+    display(TrialEnded(5, Outcome.EXPLODED, 1e12, "exploded: spike at step 7", 8,
+                       {"lr": 9.0}, 0.1, 0.123456))
+    display(SweepWarning("could not finish"))
+    display(AlreadyDone(4, 4))
+    text = console.export_text()
+    assert "study s: 1/4 finished, 2 workers, storage sqlite:///x.db" in text
+    assert "127.0.0.1:7777" in text and "trial 3 was left running" in text
+    assert "trial   4 complete  value 0.1235 (40 steps, 0.5 s) lr=0.1" in text
+    assert "trial   5 exploded  (8 steps, 0.1 s) lr=9" in text
+    assert "exploded: spike at step 7" in text        # the reason under a non-complete line
+    assert "completed 40 steps" not in text           # a complete trial needs no reason
+    assert "warning: could not finish" in text and "already has 4 finished" in text
+    assert text.count("\n") == 8  # a line each, plus the exploded trial's reason
+
+
+def test_the_status_counts_by_outcome() -> None:
+    display, _ = _display()
+    display(SweepStarted("s", 1, "x", 0, 5))
+    for number, outcome in enumerate([Outcome.COMPLETE, Outcome.EXPLODED, Outcome.SLOW,
+                                      Outcome.FAILED, Outcome.WORKER_LOST]):
+        display(TrialEnded(number, outcome, None, "why", 1, best=0.5))
+    assert display.finished == 3 and display.failed == 2
+    assert display.ended[Outcome.EXPLODED] == display.ended[Outcome.SLOW] == 1
+    assert display.best == 0.5
