@@ -17,7 +17,13 @@ from sweeps.spec._suggest import (
     suggest,
 )
 from sweeps.spec._values import ObjectiveSpec, SpecError, WorkloadSpec
-from sweeps.spec.samplers import PRUNER_OPTIONS, SAMPLER_OPTIONS, make_pruner, make_sampler
+from sweeps.spec.samplers import (
+    PRUNER_OPTIONS,
+    SAMPLER_OPTIONS,
+    make_pruner,
+    make_sampler,
+    resume_seed,
+)
 from sweeps.spec.space import parse_space
 from sweeps.spec.sweep_spec import SweepSpec, builtin_workloads, load_spec, parse_spec
 
@@ -44,5 +50,6 @@ __all__ = [
     "make_sampler",
     "parse_space",
     "parse_spec",
+    "resume_seed",
     "suggest",
 ]

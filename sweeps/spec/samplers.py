@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from sweeps.spec.sweep_spec import SweepSpec
 
 __all__ = ["PRUNER_OPTIONS", "SAMPLER_OPTIONS", "check_pruner", "check_sampler", "make_pruner",
-           "make_sampler", "parse_named"]
+           "make_sampler", "parse_named", "resume_seed"]
 
 # Option name -> (kind, exclusive lower bound or inclusive minimum); kind: int, float or bool.
 SAMPLER_OPTIONS: dict[str, dict[str, tuple[str, float | None]]] = {
@@ -129,31 +129,45 @@ def check_pruner(spec: SweepSpec) -> None:
                             "(min_resource defaults to report_every, max_resource to steps)")
 
 
-def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded with ``spec.seed``."""
+def resume_seed(seed: int, trials: int) -> int:
+    """The sampler's seed for a study that already holds ``trials`` trials: ``seed`` for a new
+    study, else a seed drawn from both. A sampler seeded with ``seed`` again on resume would
+    replay its random draws from the start and propose the first trials' configurations once
+    more; the count of trials changes whenever a driver has proposed anything, so each resume
+    draws anew, and the same resume of the same study draws the same."""
+    if trials <= 0:
+        return seed
+    return random.Random(f"stabsweep-resume:{seed}:{trials}").getrandbits(32)
+
+
+def make_sampler(spec: SweepSpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, its random draws seeded with ``seed`` (default ``spec.seed``; see
+    :func:`resume_seed`). A grid's order always follows ``spec.seed``."""
     import optuna
 
+    seed = spec.seed if seed is None else seed
     opts = dict(spec.sampler.options)
     name = spec.sampler.name
     conditional = any(p.when for p in spec.space.values())
     if name == "random":
-        return optuna.samplers.RandomSampler(seed=spec.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        return _grid_sampler(spec, conditional)
+        return _grid_sampler(spec, conditional, seed)
     if name == "cmaes":
         # Explosions are PRUNED with a bad last value: CMA-ES must see them to move away.
         opts.setdefault("consider_pruned_trials", True)
-        return optuna.samplers.CmaEsSampler(seed=spec.seed, **opts)
+        return optuna.samplers.CmaEsSampler(seed=seed, **opts)
     # TPE: multivariate models interactions (lr x clip threshold); group=True splits the
     # space by which conditional params a trial used, so conditional params join the model.
     opts.setdefault("multivariate", True)
     opts.setdefault("group", conditional and opts["multivariate"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=spec.seed, **opts)
+        return optuna.samplers.TPESampler(seed=seed, **opts)
 
 
-def _grid_sampler(spec: SweepSpec, conditional: bool) -> optuna.samplers.BaseSampler:
+def _grid_sampler(spec: SweepSpec, conditional: bool, seed: int
+                  ) -> optuna.samplers.BaseSampler:
     import optuna
 
     class _AskTellGridSampler(optuna.samplers.GridSampler):
@@ -166,7 +180,7 @@ def _grid_sampler(spec: SweepSpec, conditional: bool) -> optuna.samplers.BaseSam
             return None
 
     grid = {name: param.grid_values() or [] for name, param in spec.space.items()}
-    sampler = _AskTellGridSampler(grid, seed=spec.seed)
+    sampler = _AskTellGridSampler(grid, seed=seed)  # which unvisited point comes next
     if not conditional:
         return sampler
     # GridSampler walks the full Cartesian product, where an inactive conditional param would
@@ -177,7 +191,7 @@ def _grid_sampler(spec: SweepSpec, conditional: bool) -> optuna.samplers.BaseSam
                            "need Optuna 4.x-5.x, or use sampler tpe")
     names: list[str] = sampler._param_names
     points = [tuple(p.get(n, grid[n][0]) for n in names) for p in grid_points(spec.space)]
-    random.Random(spec.seed).shuffle(points)
+    random.Random(spec.seed).shuffle(points)  # a point's grid id: the same on every resume
     sampler._all_grids = points
     sampler._n_min_trials = len(points)
     return sampler

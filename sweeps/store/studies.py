@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from mlflow_setup.uri import redact
 from sweeps.common import Outcome, SweepError, keys
-from sweeps.spec import SweepSpec, make_pruner, make_sampler
+from sweeps.spec import SweepSpec, make_pruner, make_sampler, resume_seed
 from sweeps.store.storage import default_storage_url, sqlite_path
 
 __all__ = ["StudyNotFound", "finished_count", "load_study", "open_study", "recover_stale",
@@ -40,6 +40,9 @@ def open_study(spec: SweepSpec, storage: Any, display_url: str) -> optuna.Study:
         study_name=spec.study, storage=storage,
         direction=StudyDirection[spec.objective.direction.upper()],
         sampler=make_sampler(spec), pruner=make_pruner(spec), load_if_exists=True)
+    existing = len(study.get_trials(deepcopy=False))
+    if existing:  # resumed: draw anew, not the first trials' configurations again
+        study.sampler = make_sampler(spec, seed=resume_seed(spec.seed, existing))
     signature = study.user_attrs.get(keys.STUDY_SIGNATURE)
     if signature is None:
         study.set_user_attr(keys.STUDY_SPEC, spec.to_dict())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -13,7 +14,7 @@ from optuna.trial import TrialState, create_trial
 
 from sweeps.common import Outcome, SweepError, keys
 from sweeps.driver.summary import summarize
-from sweeps.spec import parse_spec
+from sweeps.spec import parse_spec, suggest
 from sweeps.store import (
     StudyNotFound,
     finished_count,
@@ -48,6 +49,45 @@ def test_open_creates_then_resumes_and_refuses_another_spec(tmp_path: Path) -> N
     with pytest.raises(SweepError) as info:
         open_study(flipped, _url(tmp_path), "db")
     assert info.value.option == "study"
+
+
+def _ask(study: optuna.Study, spec: Any) -> tuple[Any, ...]:
+    trial = study.ask()
+    suggest(trial, spec)
+    return trial, tuple(sorted(trial.params.items()))
+
+
+@pytest.mark.parametrize("sampler", [{"name": "random"}, {"name": "tpe", "n_startup_trials": 8},
+                                     {"name": "tpe", "n_startup_trials": 2}])
+def test_a_resumed_study_proposes_no_configuration_it_already_has(tmp_path: Path,
+                                                                  sampler: dict) -> None:
+    """Issue 22 item 1: each driver that resumes builds its sampler anew; seeded with the
+    spec's seed it replayed the first trials' configurations. Five drivers here, stopped after
+    a few trials each (one leaves a trial running, as kill -9 does), inside and after TPE's
+    random start-up."""
+    spec = parse_spec(small_spec(study="r", n_trials=14, sampler=sampler))
+    seen = []
+    for stop_after, left_running in ((2, False), (3, True), (1, False), (4, False), (3, True)):
+        study = open_study(spec, _url(tmp_path), "db")  # a new driver: a new sampler
+        for i in range(stop_after):
+            trial, params = _ask(study, spec)
+            seen.append(params)
+            if not (left_running and i == stop_after - 1):
+                study.tell(trial, float(trial.params["lr"]))
+    assert len(set(seen)) == len(seen), seen
+
+
+def test_the_same_resume_proposes_the_same(tmp_path: Path) -> None:
+    spec = parse_spec(small_spec(study="r", n_trials=8))
+    study = open_study(spec, _url(tmp_path), "db")
+    for _ in range(3):
+        trial, _params = _ask(study, spec)
+        study.tell(trial, 1.0)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "stabsweep.db").write_bytes((tmp_path / "stabsweep.db").read_bytes())
+    first = _ask(open_study(spec, _url(tmp_path), "db"), spec)[1]
+    assert _ask(open_study(spec, _url(copy), "db"), spec)[1] == first
 
 
 def test_load_study_says_what_is_there(tmp_path: Path) -> None:
