@@ -14,6 +14,7 @@ from sweeps.spec._suggest import (
     WORKLOAD_PREFIX,
     config_from_params,
     grid_points,
+    grid_size,
     suggest,
 )
 from sweeps.spec._values import ObjectiveSpec, SpecError, WorkloadSpec
@@ -44,6 +45,7 @@ __all__ = [
     "builtin_workloads",
     "config_from_params",
     "grid_points",
+    "grid_size",
     "is_active",
     "load_spec",
     "make_pruner",

@@ -46,6 +46,10 @@ class FloatParam:
             return False
         return self.step is None or _on_grid(value, self.low, self.step)
 
+    def grid_size(self) -> int | None:
+        """How many values :meth:`grid_values` lists, without listing them."""
+        return None if self.step is None else round((self.high - self.low) / self.step) + 1
+
     def grid_values(self) -> list[float] | None:
         if self.step is None:
             return None
@@ -84,6 +88,9 @@ class IntParam:
         value = int(value)
         return self.low <= value <= self.high and (value - self.low) % self.step == 0
 
+    def grid_size(self) -> int:
+        return len(range(self.low, self.high + 1, self.step))
+
     def grid_values(self) -> list[int]:
         return list(range(self.low, self.high + 1, self.step))
 
@@ -107,6 +114,9 @@ class CategoricalParam:
 
     def contains(self, value: Any) -> bool:
         return any(same(value, c) for c in self.choices)
+
+    def grid_size(self) -> int:
+        return len(self.choices)
 
     def grid_values(self) -> list[Any]:
         return list(self.choices)

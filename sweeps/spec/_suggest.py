@@ -8,19 +8,20 @@ params; :func:`grid_points` lists every distinct combination for the grid sample
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from stability.config import StabilityConfig
 from sweeps.spec._params import CategoricalParam, IntParam, Param, is_active
-from sweeps.spec._values import SpecError
+from sweeps.spec._values import SpecError, same
 
 if TYPE_CHECKING:
     import optuna
 
     from sweeps.spec.sweep_spec import SweepSpec
 
-__all__ = ["MAX_GRID_POINTS", "WORKLOAD_PREFIX", "config_from_params", "grid_points", "suggest"]
+__all__ = ["MAX_GRID_POINTS", "WORKLOAD_PREFIX", "check_grid_size", "config_from_params",
+           "grid_points", "grid_size", "suggest"]
 
 WORKLOAD_PREFIX = "workload."
 MAX_GRID_POINTS = 100_000
@@ -80,21 +81,79 @@ def _assemble(values: Mapping[str, Any], spec: SweepSpec
     return StabilityConfig(**{**spec.fixed, **config_values}), workload_args
 
 
-def grid_points(space: Mapping[str, Param]) -> list[dict[str, Any]]:
-    """Every distinct combination of active params (a conditional param adds points only
-    under its condition). Needs every param categorical, int, or float with ``step``."""
+def grid_size(space: Mapping[str, Param]) -> int:
+    """How many points :func:`grid_points` lists, counted without listing them or any param's
+    values (a range of 10^9 integers is counted, not built). A param a condition refers to is
+    split into the values the conditions name and the rest, counted together."""
+    _check_grid_params(space)
+    ordered = list(space.values())
+    named: dict[str, list[Any]] = {}
+    for param in ordered:
+        for parent, allowed in param.when:
+            named.setdefault(parent, []).extend(allowed)
+
+    def count(i: int, values: dict[str, Any]) -> int:
+        if i == len(ordered):
+            return 1
+        param = ordered[i]
+        if not is_active(param, values):
+            return count(i + 1, values)
+        size = param.grid_size() or 0
+        if param.name not in named:
+            return size * count(i + 1, values)
+        total, listed = 0, 0
+        for value in _distinct(v for v in named[param.name] if param.contains(v)):
+            listed += 1
+            values[param.name] = value
+            total += count(i + 1, values)
+        if size > listed:  # the values no condition names: one branch, counted size - listed
+            values[param.name] = _UNNAMED
+            total += (size - listed) * count(i + 1, values)
+        del values[param.name]
+        return total
+
+    return count(0, {})
+
+
+_UNNAMED = object()
+"""Stands for a value of a param that no condition names (equal to no value)."""
+
+
+def _distinct(values: Iterable[Any]) -> list[Any]:
+    out: list[Any] = []
+    for value in values:
+        if not any(same(value, seen) for seen in out):
+            out.append(value)
+    return out
+
+
+def _check_grid_params(space: Mapping[str, Param]) -> None:
     for name, param in space.items():
-        if param.grid_values() is None:
+        if param.grid_size() is None:
             raise SpecError("sampler.name", f"grid needs every param categorical, int, or float "
                             f"with step; space.{name} is a float without step (add step, or "
                             "make it categorical)")
+
+
+def check_grid_size(space: Mapping[str, Param]) -> int:
+    """The grid's size (:func:`grid_size`); a SpecError if it is over :data:`MAX_GRID_POINTS`."""
+    size = grid_size(space)
+    if size > MAX_GRID_POINTS:
+        raise SpecError("space", f"the grid has {size:,} points, more than {MAX_GRID_POINTS:,}; "
+                        "use coarser steps or fewer choices, or sampler tpe")
+    return size
+
+
+def grid_points(space: Mapping[str, Param]) -> list[dict[str, Any]]:
+    """Every distinct combination of active params (a conditional param adds points only
+    under its condition). Needs every param categorical, int, or float with ``step``; a grid of
+    more than :data:`MAX_GRID_POINTS` is refused after counting it (:func:`grid_size`), before
+    anything is listed."""
+    check_grid_size(space)
     ordered = list(space.values())
     points: list[dict[str, Any]] = []
 
     def expand(i: int, values: dict[str, Any]) -> None:
-        if len(points) > MAX_GRID_POINTS:
-            raise SpecError("space", f"the grid has more than {MAX_GRID_POINTS} points; "
-                            "use coarser steps or fewer choices, or sampler tpe")
         if i == len(ordered):
             points.append(dict(values))
             return

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sweeps.spec._params import CategoricalParam
-from sweeps.spec._suggest import grid_points
+from sweeps.spec._suggest import check_grid_size, grid_points
 from sweeps.spec._values import NamedSpec, SpecError, as_bool, as_int, as_number, did_you_mean
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def check_sampler(spec: SweepSpec) -> None:
             raise SpecError("sampler.name", "cmaes needs the cmaes package; pip install cmaes, "
                             "or use tpe")
     if name == "grid":
-        n_points = len(grid_points(spec.space))
+        n_points = check_grid_size(spec.space)  # counted: a huge grid is never built
         if spec.n_trials > n_points:
             raise SpecError("n_trials", f"the grid has {n_points} points, so n_trials "
                             f"({spec.n_trials}) would repeat them; set n_trials <= {n_points}")

@@ -15,12 +15,14 @@ from sweeps.spec import (
     SweepSpec,
     config_from_params,
     grid_points,
+    grid_size,
     make_pruner,
     make_sampler,
     parse_spec,
     suggest,
 )
 from sweeps.spec import sweep_spec as spec_module
+from sweeps.spec._params import CategoricalParam, FloatParam, IntParam
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -180,6 +182,40 @@ def test_grid_without_conditions_is_the_product() -> None:
     study.optimize(lambda t: suggest(t, spec)[0].lr, n_trials=10)
     combos = {(t.params["optimizer"], round(t.params["lr"], 9)) for t in study.trials}
     assert combos == {(o, lr) for o in ("sgd", "adam") for lr in (0.1, 0.2, 0.3)}
+
+
+def test_a_huge_grid_is_refused_by_counting_not_listing(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Issue 22 item 3: 10^9 warm-up steps x 10^6 accumulation steps was listed value by value
+    (OOM-killed at 24 GB after 70 s); it is counted, and refused naming its size."""
+    for cls in (IntParam, FloatParam, CategoricalParam):
+        monkeypatch.setattr(cls, "grid_values", lambda self: pytest.fail("a grid was listed"))
+    space = {"warmup_steps": {"type": "int", "low": 0, "high": 10**9, "step": 1},
+             "grad_accum_steps": {"type": "int", "low": 1, "high": 10**6, "step": 1}}
+    with pytest.raises(SpecError, match=r"space: the grid has 1,000,000,001,000,000 points, "
+                                        r"more than 100,000; use coarser steps"):
+        make_spec(space, sampler="grid", n_trials=4)
+    space = {"warmup_steps": {"type": "int", "low": 0, "high": 10**7, "step": 1}}
+    with pytest.raises(SpecError, match=r"the grid has 10,000,001 points"):
+        make_spec(space, sampler="grid", n_trials=4)
+
+
+@pytest.mark.parametrize("space", [
+    {"clip_method": ["none", "norm", "agc"],
+     "clip_threshold": {"type": "float", "low": 0.5, "high": 1.5, "step": 0.5,
+                        "when": {"clip_method": ["norm"]}},
+     "agc_clip_factor": {"type": "categorical", "choices": [0.01, 0.1],
+                         "when": {"clip_method": ["agc"]}}},
+    {"optimizer": ["sgd", "adam", "adamw", "sgd_nesterov"],
+     "clip_method": {"type": "categorical", "choices": ["none", "norm", "value", "agc"],
+                     "when": {"optimizer": ["adam", "adamw"]}},
+     "clip_threshold": {"type": "float", "low": 1.0, "high": 3.0, "step": 1.0,
+                        "when": {"clip_method": ["norm"], "optimizer": ["adam"]}},
+     "warmup_steps": {"type": "int", "low": 0, "high": 40, "step": 10}},
+])
+def test_grid_size_counts_what_grid_points_lists(space: dict[str, Any]) -> None:
+    spec = make_spec(space, sampler="random", fixed={"precision": "fp32"})
+    assert grid_size(spec.space) == len(grid_points(spec.space))
 
 
 def test_tpe_on_conditional_space_is_quiet_and_seeded() -> None:
