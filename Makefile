@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	@# torch pinned: 2.13.0 is the CPU build; a bare `torch` pulls several GB of CUDA wheels.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@# the framework extras (stability.integrations' tests): ~12 s more than .[dev] alone
+	@# (67 s into a venv holding only torch); they leave the pinned torch as it is.
+	$(PY) -m pip install --quiet -e '.[dev,lightning,transformers]'
 	touch $(STAMP)
 
 setup: $(STAMP)
