@@ -43,6 +43,7 @@ __all__ = [
     "IntParam",
     "Param",
     "check_range",
+    "check_reachable",
     "check_when",
     "config_from_params",
     "grid_points",
@@ -73,7 +74,49 @@ def parse_space(raw: Any, *, fixed: Mapping[str, Any] | None = None) -> dict[str
         params[name] = _parse_param(name, definition)
     for param in params.values():
         check_when(param, params, fixed or {})
-    return _ordered({name: _canonical_when(p, params) for name, p in params.items()})
+    ordered = _ordered({name: _canonical_when(p, params) for name, p in params.items()})
+    check_reachable(ordered)
+    return ordered
+
+
+_MAX_CONDITION_CASES = 100_000
+
+
+def check_reachable(params: Mapping[str, Param]) -> None:
+    """Every conditional param is active for some values of the params its conditions name:
+    one whose condition contradicts its parents' own conditions would never be sampled.
+    ``params`` in order, parents first (as :func:`parse_space` returns them)."""
+    ordered = list(params.values())
+    named = {parent for p in ordered for parent, _ in p.when}
+    parents = [p for p in ordered if p.name in named and isinstance(p, CategoricalParam)]
+    if math.prod(len(p.choices) + 1 for p in parents) > _MAX_CONDITION_CASES:
+        return  # too many cases to try them all; the sampler copes with a dead param
+    ever: set[str] = set()
+
+    def walk(i: int, values: dict[str, Any]) -> None:
+        if i == len(parents):
+            ever.update(p.name for p in ordered if is_active(p, values))
+            return
+        parent = parents[i]
+        if not is_active(parent, values):
+            walk(i + 1, values)
+            return
+        for choice in parent.choices:
+            values[parent.name] = choice
+            walk(i + 1, values)
+        del values[parent.name]
+
+    walk(0, {})
+    for param in ordered:
+        if param.name not in ever:
+            needs = [f"{parent} is only sampled when "
+                     + " and ".join(f"{g} is {'/'.join(fmt(v) for v in vs)}" for g, vs in
+                                    params[parent].when)
+                     for parent, _ in param.when if params[parent].when]
+            why = f" ({'; '.join(needs)})" if needs else ""
+            raise SpecError(f"space.{param.name}.when", "this condition can never hold, so "
+                            f"{param.name} would never be sampled{why}; fix the condition or "
+                            "drop the param")
 
 
 def _parse_param(name: str, raw: Any) -> Param:

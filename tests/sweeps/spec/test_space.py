@@ -218,6 +218,24 @@ def test_grid_size_counts_what_grid_points_lists(space: dict[str, Any]) -> None:
     assert grid_size(spec.space) == len(grid_points(spec.space))
 
 
+def test_a_condition_that_can_never_hold_is_refused() -> None:
+    """Issue 22 item 4: clip_threshold under clip_norm_type 2.0 and clip_method none, where
+    clip_norm_type exists only under clip_method norm, was accepted and never sampled."""
+    space = {"clip_method": ["none", "norm"],
+             "clip_norm_type": {"type": "categorical", "choices": [1.0, 2.0],
+                                "when": {"clip_method": ["norm"]}},
+             "clip_threshold": {"type": "float", "low": 0.5, "high": 5.0,
+                                "when": {"clip_norm_type": [2.0], "clip_method": ["none"]}}}
+    with pytest.raises(SpecError) as info:
+        make_spec(space)
+    assert str(info.value) == (
+        "space.clip_threshold.when: this condition can never hold, so clip_threshold would "
+        "never be sampled (clip_norm_type is only sampled when clip_method is 'norm'); fix the "
+        "condition or drop the param")
+    space["clip_threshold"]["when"]["clip_method"] = ["norm"]  # consistent: accepted
+    assert make_spec(space).space["clip_threshold"].when
+
+
 def test_tpe_on_conditional_space_is_quiet_and_seeded() -> None:
     spec = make_spec(seed=5, sampler={"name": "tpe", "n_startup_trials": 5})
     sampler = make_sampler(spec)
