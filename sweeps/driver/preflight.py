@@ -8,6 +8,8 @@ before any storage, MLflow run or file is created.
 
 from __future__ import annotations
 
+import importlib
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -34,7 +36,7 @@ def preflight(spec: SweepSpec, options: RunOptions | None = None) -> None:
         metrics = workload.evaluate(workload.model())
     except WorkloadError as exc:
         _blame_first_value(spec, base, variants, exc)
-        raise SweepError(f"workload.name: {exc}") from None
+        raise SweepError(_workload_problem(spec, str(exc))) from None
     except Exception as exc:
         raise SweepError(f"workload.name: workload {spec.workload.name!r} raised "
                          f"{type(exc).__name__} while building its model: {exc}") from None
@@ -64,6 +66,28 @@ def workload_arg_values(spec: SweepSpec) -> tuple[dict[str, Any], list[tuple[str
         base[arg] = values[0][1]
         variants += [(path, arg, value) for path, value in values[1:]]
     return base, variants
+
+
+def _workload_problem(spec: SweepSpec, message: str) -> str:
+    """A workload that could not be built, as one line naming the field at fault and the fix:
+    the one fixed argument the message names (``workload.args.depth``), a factory missing from
+    its module (with the module's callables), else ``workload.name``."""
+    named = [arg for arg in spec.workload.args if re.search(rf"\b{re.escape(arg)}\b", message)]
+    if len(named) == 1:
+        return (f"workload.args.{named[0]}: {message.rstrip('.')}; fix workload.args."
+                f"{named[0]} in the spec")
+    module_name, _, attr = spec.workload.name.partition(":")
+    if attr and "has no attribute" in message:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception:
+            return f"workload.name: {message}"
+        found = sorted(n for n, v in vars(module).items() if callable(v) and not
+                       n.startswith("_") and getattr(v, "__module__", None) == module.__name__)
+        return (f"workload.name: {module_name!r} has no factory {attr!r}; name one it defines "
+                f"({', '.join(found) or 'none'}) as {module_name}:<name>, or define "
+                f"{attr}(seed=0, device='cpu', **args) in {module_name}")
+    return f"workload.name: {message}"
 
 
 def _blame_first_value(spec: SweepSpec, base: dict[str, Any],

@@ -149,8 +149,14 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise SpecError(src, problem, source=src)
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(src, f"cannot be read as UTF-8 text ({exc})", source=src) from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise SpecError(src, f"is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line "
+                        f"{line}); save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 {path.name}"
+                        f" > fixed.yaml), or remove that character", source=src) from None
+    except OSError as exc:
+        raise SpecError(src, f"cannot be read ({exc.strerror or exc}); check the path and "
+                        "its permissions", source=src) from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except DuplicateKeyError as exc:
@@ -159,6 +165,11 @@ def load_spec(path: str | Path) -> SweepSpec:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        tag = re.search(r"for the tag '(?:tag:yaml\.org,2002:)?([^']*)'", problem)
+        if isinstance(exc, yaml.constructor.ConstructorError) and tag:
+            raise SpecError(src, f"the tag !!{tag.group(1)}{where} is not allowed: a spec "
+                            "holds plain values (strings, numbers, true/false, lists, "
+                            "mappings); remove the tag", source=src) from None
         raise SpecError(src, f"not valid YAML{where}: {problem}; check the indentation, "
                         "colons and quotes there", source=src) from None
     if data is None:

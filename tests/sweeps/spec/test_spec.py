@@ -449,3 +449,25 @@ def test_examples_are_all_there() -> None:
     assert {"quick", "rnn_adding", "deep_mlp", "transformer_lm", "cnn_digits"} <= names
     quick = load_spec(EXAMPLES[[p.stem for p in EXAMPLES].index("quick")])
     assert quick.n_trials <= 20 and quick.steps <= 300
+
+
+def test_a_file_that_is_not_utf8_says_how_to_fix_it(tmp_path: Path) -> None:
+    """Issue 22 item 5: the message named the codec's complaint and no fix."""
+    path = tmp_path / "s.yaml"
+    path.write_bytes(b"study: s\n# caf\xe9\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value).endswith(
+        "s.yaml: is not UTF-8 text (byte 0xe9 on line 2); save it as UTF-8 (e.g. iconv -f "
+        "latin1 -t utf-8 s.yaml > fixed.yaml), or remove that character")
+
+
+def test_a_python_tag_is_refused_without_advice_about_indentation(tmp_path: Path) -> None:
+    """Issue 22 item 5: a !!python/... tag was refused with advice about indentation."""
+    path = tmp_path / "s.yaml"
+    path.write_text("study: !!python/object:os.system ls\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value).endswith(
+        "s.yaml: the tag !!python/object:os.system (line 1, column 8) is not allowed: a spec "
+        "holds plain values (strings, numbers, true/false, lists, mappings); remove the tag")
