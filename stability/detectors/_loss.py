@@ -13,8 +13,10 @@ class LossDivergenceDetector(Detector):
 
     Two rules, checked on every finite loss:
 
-    - *from the start*: a loss above ``initial_factor`` x the first loss seen gives the
-      verdict at once, from the second step on: the model is worse than at initialisation.
+    - *from the start*: ``initial_patience`` losses in a row above ``initial_factor`` x the
+      first loss seen give the verdict (from the second step on): the model is worse than at
+      initialisation. With 1 (``on_spike: stop``) the first such loss stops the run; a longer
+      window (``on_spike: skip``) lets a spike that comes back within it train on.
       ``None`` turns this rule off.
     - *from the best*: after ``warmup`` steps, ``patience`` raw losses in a row above both
       ``factor`` x the best (lowest) EMA of the loss (``smoothing``) and the best plus
@@ -31,7 +33,8 @@ class LossDivergenceDetector(Detector):
 
     def __init__(self, factor: float = 10.0, warmup: int = 0, patience: int = 3,
                  smoothing: float = 0.98, initial_factor: float | None = 10.0,
-                 regress: float = 1.0, ignore_skipped: bool = False) -> None:
+                 regress: float = 1.0, ignore_skipped: bool = False,
+                 initial_patience: int = 1) -> None:
         self.factor = checked_number(self, "factor", factor, above=1.0)
         self.warmup = checked_number(self, "warmup", warmup, integer=True, minimum=0)
         self.patience = checked_number(self, "patience", patience, integer=True, minimum=1)
@@ -40,6 +43,8 @@ class LossDivergenceDetector(Detector):
                                checked_number(self, "initial_factor", initial_factor, above=1.0))
         self.regress = checked_number(self, "regress", regress, minimum=0.0)
         self.ignore_skipped = bool(ignore_skipped)
+        self.initial_patience = checked_number(self, "initial_patience", initial_patience,
+                                               integer=True, minimum=1)
         self.reset()
 
     def reset(self) -> None:
@@ -49,6 +54,7 @@ class LossDivergenceDetector(Detector):
         self._start = math.nan  # the EMA at the first step: where the progress is measured from
         self._best = math.inf
         self._streak = 0
+        self._initial_streak = 0
 
     @staticmethod
     def _limit(ref: float, factor: float) -> float:
@@ -64,10 +70,16 @@ class LossDivergenceDetector(Detector):
             self._first = loss
         elif self.initial_factor is not None and (
                 loss > (limit := self._limit(self._first, self.initial_factor))):
-            verdict = self._verdict(
-                step, loss, limit, None,
-                f"loss {loss:.4g} above {self.initial_factor:g}x the first loss "
-                f"{self._first:.4g}: worse than at initialisation")
+            self._initial_streak += 1
+            if self._initial_streak >= self.initial_patience:
+                steps = (f", for {self._initial_streak} steps in a row"
+                         if self.initial_patience > 1 else "")
+                verdict = self._verdict(
+                    step, loss, limit, None,
+                    f"loss {loss:.4g} above {self.initial_factor:g}x the first loss "
+                    f"{self._first:.4g}{steps}: worse than at initialisation")
+        else:
+            self._initial_streak = 0
         if self._n > max(1, self.warmup):
             progress = max(0.0, self._start - self._best)
             limit = max(self._limit(self._best, self.factor),

@@ -207,6 +207,25 @@ def test_first_update_that_throws_the_loss_up_is_flagged_at_once() -> None:
     assert verdict is not None and (verdict.kind, verdict.step) == ("loss_divergence", 1)
 
 
+@pytest.mark.parametrize("patience", [1, 3, 5])
+def test_initial_patience_lets_a_spike_above_10x_the_start_come_back(patience: int) -> None:
+    losses = np.full(100, 0.5)
+    losses[0] = 2.0
+    losses[40:44] = 30.0  # 15x the first loss for 4 steps, then back
+    recs = records(healthy_layers(100, 13), losses)
+    detector = LossDivergenceDetector(initial_patience=patience, patience=50)
+    verdict = first_verdict(detector, recs)
+    if patience <= 4:  # the rise outlasts the window: a verdict at its last step
+        assert verdict is not None and verdict.step == 40 + patience - 1
+        assert ("in a row" in verdict.message) == (patience > 1)
+    else:
+        assert verdict is None
+    losses[44:] = 30.0  # a rise that stays is a verdict under any window
+    verdict = first_verdict(LossDivergenceDetector(initial_patience=patience, patience=50),
+                            records(healthy_layers(100, 13), losses))
+    assert verdict is not None and verdict.step == 40 + patience - 1
+
+
 def test_nonfinite_loss_on_an_overflow_step_is_an_explosion() -> None:
     recs = _fp16(None, 0)
     assert recs[100].overflow and recs[150].overflow
