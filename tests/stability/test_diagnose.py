@@ -10,7 +10,13 @@ import pandas as pd
 import pytest
 
 from stability.config import StabilityConfig
-from stability.diagnose import Diagnosis, Suggestion, diagnose
+from stability.diagnose import (
+    NEVER_LEARNED_RATIO,
+    Diagnosis,
+    Suggestion,
+    diagnose,
+    stall_ratio,
+)
 from stability.records import Verdict
 
 LAYERS = ("embed", "fc1", "fc2", "fc3")
@@ -268,3 +274,63 @@ def test_first_layer_at_step_zero_is_the_largest_norm() -> None:
     diag = diagnose(make_trace(1, layers, np.array([5.0])),
                     Verdict("loss_divergence", 0, 5.0, 1.0, layer=None))
     assert diag.first_layer == "fc1"
+
+
+def flat_trace(n: int = 300, spike_at: int | None = None, start: float = 1.1,
+               level: float = 1.0, seed: int = 5) -> pd.DataFrame:
+    """A run whose loss drops from ``start`` to ``level`` in 5 steps and stays there."""
+    rng = np.random.default_rng(seed)
+    layers = np.array([0.2, 0.3, 0.4, 0.5]) * np.exp(rng.normal(0, 0.2, (n, 4)))
+    if spike_at is not None:
+        layers[spike_at] *= 40.0
+    loss = level * np.exp(rng.normal(0, 0.05, n))
+    loss[:5] = np.linspace(start, level, 5)
+    return make_trace(n, layers, loss, lr=0.3)
+
+
+def test_run_stuck_near_its_start_never_learned_with_its_evidence() -> None:
+    diag = diagnose(flat_trace(spike_at=80), config=StabilityConfig(optimizer="sgd", lr=0.3))
+    assert not diag.exploded and diag.never_learned and diag.outcome == "never_learned"
+    assert diag.loss_end == pytest.approx(1.0, rel=0.05)
+    assert diag.loss_end / diag.loss_start > NEVER_LEARNED_RATIO
+    assert diag.stall_step is not None and diag.stall_step <= 10
+    assert diag.spike_step == 80 and diag.spike_ratio > 20
+    assert [s.intervention for s in diag.suggestions] == ["lr", "clip"]
+    assert diag.suggestions[0].changes == {"lr": 0.1}
+    text = diag.summary()
+    assert text.startswith("NEVER LEARNED") and "largest norm spike" in text
+    assert "at step 80, after the stall" in text
+    assert json.loads(json.dumps(diag.to_dict()))["outcome"] == "never_learned"
+
+
+def test_never_learned_without_a_spike_suggests_an_init_and_a_smaller_lr() -> None:
+    diag = diagnose(flat_trace(), config=StabilityConfig(optimizer="sgd", lr=0.3))
+    assert diag.never_learned and diag.spike_step is None
+    assert diag.suggestions[0].changes == {"init": "kaiming_normal", "lr": 0.075}
+    assert "no norm spike" in diag.summary()
+
+
+def test_never_learned_against_the_constant_prediction_baseline() -> None:
+    # the loss fell 10x from a large start, but only to what a constant prediction gives
+    trace = flat_trace(start=10.0)
+    assert diagnose(trace).outcome == "healthy"
+    diag = diagnose(trace, baseline=1.02)
+    assert diag.outcome == "never_learned" and diag.loss_baseline == 1.02
+    assert "x the constant-prediction loss 1.02 (start 5.5)" in diag.summary()
+
+
+def test_a_run_that_learned_is_not_never_learned() -> None:
+    trace = flat_trace(level=0.2, start=1.1)  # 0.2 / 1.1 = 0.18 of its start
+    assert diagnose(trace).outcome == "healthy"
+    assert diagnose(trace, baseline=1.0).outcome == "healthy"
+    assert math.isnan(stall_ratio(np.ones(10)))  # too short to say
+
+
+def test_skipped_updates_without_a_verdict_are_rescued() -> None:
+    trace = flat_trace(level=0.2, spike_at=120)
+    trace["skipped"] = False
+    trace.loc[[120, 121, 160], "skipped"] = True
+    diag = diagnose(trace)
+    assert (diag.outcome, diag.skipped_count, diag.first_skipped_step) == ("rescued", 3, 120)
+    assert diag.summary().startswith("rescued: no explosion in 300 steps after 3 update(s) "
+                                     "skipped as spikes or non-finite, the first at step 120")
