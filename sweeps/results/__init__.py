@@ -19,12 +19,19 @@ from sweeps.results.export import (
     export_best,
     training_plan,
 )
-from sweeps.results.regret import RegretReport, RerunOutcome, explosion_regret, rerun_trial
+from sweeps.results.regret import (
+    RegretError,
+    RegretReport,
+    RerunOutcome,
+    explosion_regret,
+    rerun_trial,
+)
 from sweeps.results.report import ReportPaths, render_status, study_status, write_report
 
 __all__ = [
     "ExportError",
     "ExportResult",
+    "RegretError",
     "RegretReport",
     "ReportPaths",
     "RerunOutcome",

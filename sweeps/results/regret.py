@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sweeps.common import Outcome, keys
+from sweeps.common import Outcome, SweepError, keys
 from sweeps.worker import TrialTask
 
 if TYPE_CHECKING:
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
     from sweeps.spec import SweepSpec
 
-__all__ = ["RegretReport", "Rerun", "RerunOutcome", "explosion_regret", "rerun_tasks",
-           "rerun_trial"]
+__all__ = ["RegretError", "RegretReport", "Rerun", "RerunOutcome", "explosion_regret",
+           "rerun_tasks", "rerun_trial"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,10 @@ class RerunOutcome:
     loss_last: float
     """median training loss over the last report interval."""
     error: str | None = None
+
+
+class RegretError(SweepError):
+    """No rerun could run (the workload raised in every one): the regret is unknown."""
 
 
 TaskMapper = Callable[[Callable[[TrialTask], RerunOutcome], Sequence[TrialTask]],
@@ -84,6 +88,8 @@ class Rerun:
     """1-based rank of the rerun's value among the study's completed values (stable only)."""
     top_k: bool
     """stable and ranked within the report's ``top_k``: a good trial the pruning lost."""
+    error: str | None = None
+    """why the rerun failed (the workload raised); such a rerun is not counted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +118,21 @@ class RegretReport:
     def rerun_steps(self) -> int:
         return sum(r.rerun_steps for r in self.reruns)
 
+    @property
+    def failed(self) -> list[Rerun]:
+        """reruns whose workload raised: they say nothing about the pruning."""
+        return [r for r in self.reruns if r.error is not None]
+
     def summary(self) -> str:
         lost = [r.number for r in self.reruns if r.top_k]
-        return (f"{self.study}: {self.n_stopped} trials stopped as exploded; rerun to the end, "
+        text = (f"{self.study}: {self.n_stopped} trials stopped as exploded; rerun to the end, "
                 f"{self.n_stable} ended stable and {self.n_lost} would rank in the top "
                 f"{self.top_k}" + (f" (trials {', '.join(map(str, lost))})" if lost else ""))
+        if self.failed:
+            first = self.failed[0]
+            text += (f"; ERROR: {len(self.failed)} of {self.n_stopped} reruns failed and are not "
+                     f"counted (trial {first.number}: {first.error})")
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study, "top_k": self.top_k, "n_stopped": self.n_stopped,
@@ -193,10 +209,17 @@ def explosion_regret(study: optuna.Study, spec: SweepSpec | None = None, *, top_
             rerun_value=None if outcome.error is not None else float(value),
             loss_first=outcome.loss_first, loss_last=outcome.loss_last,
             verdict_step=outcome.verdict_step,
-            stable=stable, rank=rank, top_k=rank is not None and rank <= top_k))
-    return RegretReport(study=study.study_name, top_k=top_k,
-                        direction=spec.objective.direction, completed=completed,
-                        reruns=reruns)
+            stable=stable, rank=rank, top_k=rank is not None and rank <= top_k,
+            error=outcome.error))
+    report = RegretReport(study=study.study_name, top_k=top_k,
+                          direction=spec.objective.direction, completed=completed,
+                          reruns=reruns)
+    if reruns and len(report.failed) == len(reruns):
+        first = report.failed[0]
+        raise RegretError(f"every rerun failed, so nothing is known about the pruning; trial "
+                          f"{first.number}: {first.error}. Fix the workload (it must import "
+                          "and build where the reruns run) and run it again.")
+    return report
 
 
 def rerun_trial(task: TrialTask, device: str = "cpu") -> RerunOutcome:

@@ -18,7 +18,7 @@ import pytest
 from stability.detectors import CompositeDetector, Detector
 from stability.records import StepRecord, Verdict
 from sweeps.common import Outcome, keys
-from sweeps.results.regret import explosion_regret, rerun_tasks
+from sweeps.results.regret import RegretError, RerunOutcome, explosion_regret, rerun_tasks
 from sweeps.spec import SpecError, parse_spec, suggest
 from sweeps.worker import PENALTY, TrialTask, run_trial
 
@@ -138,6 +138,30 @@ def test_regret_runs_reruns_through_map_tasks(false_alarms: None) -> None:
     assert report.n_lost == 1
     assert len(seen) == 3
     assert all(not t.stop_on_explosion and t.storage is None and t.steps == STEPS for t in seen)
+
+
+def test_rerun_errors_are_reported_as_errors(false_alarms: None) -> None:
+    """Issue 22 item 7: a workload that could not be imported read as "0 ended stable and 0
+    would rank in the top 3", the error kept inside RerunOutcome.error."""
+    study = run_study(tiny_spec())
+    error = "ModuleNotFoundError: No module named 'myw'"
+
+    def failing(fn: Any, tasks: Any) -> list[RerunOutcome]:
+        return [RerunOutcome(t.trial_number, 0, math.nan, None, math.nan, math.nan, error=error)
+                for t in tasks]
+
+    with pytest.raises(RegretError, match=r"every rerun failed, so nothing is known about the "
+                                          r"pruning; trial \d+: ModuleNotFoundError"):
+        explosion_regret(study, map_tasks=failing)
+
+    def one_fails(fn: Any, tasks: Any) -> list[RerunOutcome]:
+        return [RerunOutcome(t.trial_number, STEPS, 0.5, None, 1.0, 0.5) for t in tasks[:-1]] \
+            + failing(fn, tasks[-1:])
+
+    report = explosion_regret(study, map_tasks=one_fails)
+    assert [r.error for r in report.failed] == [error]
+    assert report.summary().endswith(f"; ERROR: 1 of 3 reruns failed and are not counted "
+                                     f"(trial {report.failed[0].number}: {error})")
 
 
 def test_stop_on_explosion_false_runs_on_and_records_the_onset(false_alarms: None) -> None:
