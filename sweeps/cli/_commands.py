@@ -30,6 +30,7 @@ __all__ = ["app", "main"]
 
 @app.command()
 def run(
+    ctx: typer.Context,
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Sweep spec YAML.")],
     n_trials: Annotated[int | None, typer.Option(help="Finished trials to reach.")] = None,
     workers: Annotated[int | None, typer.Option(
@@ -56,7 +57,7 @@ def run(
     ] = False,
 ) -> None:
     """Run (or resume) a stability sweep."""
-    from sweeps.cli.progress import SweepDisplay, summary_table
+    from sweeps.cli.progress import SweepDisplay, summary_table, summary_text
     from sweeps.common import OptionError, SweepError, SweepInterrupted
     from sweeps.driver import RunOptions, run_sweep
     from sweeps.spec import SpecError, load_spec
@@ -86,17 +87,36 @@ def run(
         fail(spec_message(exc))
     except SweepInterrupted as exc:
         display.close()
-        err_console.print(f"{exc}. Resume with: stabsweep run {spec_path}"
-                          + (f" --study {study}" if study else ""), highlight=False)
+        err_console.print(f"{exc}. Resume with: {_same_command(ctx, spec_path)}", highlight=False,
+                          soft_wrap=True)
         raise typer.Exit(130) from None
     except SweepError as exc:
         display.close()
         fail_sweep(exc)
     display.close()
-    console.print(summary_table(summary))
+    if console.is_terminal:
+        console.print(summary_table(summary))
+    else:  # a log or a pipe: plain lines, not a box
+        console.print(summary_text(summary), highlight=False, markup=False, soft_wrap=True)
     name = summary.study
     console.print(f"next: stabsweep status {name} | stabsweep report {name} | "
                   f"stabsweep export {name} -o best.yaml", highlight=False)
+
+
+def _same_command(ctx: typer.Context, spec_path: Path) -> str:
+    """``stabsweep run`` as the user gave it (every flag they set), to resume with."""
+    import shlex
+
+    words = ["stabsweep", "run", str(spec_path)]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if param.param_type_name != "option" or value == param.default or value is None:
+            continue
+        if getattr(param, "is_flag", False):
+            words.append(param.opts[0])
+        else:
+            words += [param.opts[0], str(value)]
+    return shlex.join(words)
 
 
 @app.command()
@@ -184,7 +204,12 @@ def train(
         "(default: the workload an exported file names, with its arguments).")] = None,
     steps: Annotated[int | None, typer.Option(
         help="Optimizer steps (default: the export's, else 300).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the workload and the model.")] = 0,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed of the workload and the model (default: an export's sweep seed, else 0).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="torch threads (default: what an exported trial ran with, so its numbers come "
+        "out the same; else torch's default).")] = None,
     arg: Annotated[list[str] | None, typer.Option(
         "--arg", help="Workload argument as key=value (YAML value), repeatable.")] = None,
     eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps.")] = None,
@@ -203,9 +228,15 @@ def train(
     try:
         plan = training_plan(config, workload=workload, steps=steps,
                              workload_args=_parse_args(arg or []))
-        result = run_training(plan.workload, plan.config, steps=plan.steps, seed=seed,
-                              device=device, eval_every=eval_every,
-                              workload_args=plan.workload_args)
+        if threads is not None and threads < 1:
+            raise OptionError("threads", f"must be >= 1; got {threads}.")
+        if (threads or plan.threads) is not None:
+            import torch
+
+            torch.set_num_threads(threads or plan.threads or 1)
+        result = run_training(plan.workload, plan.config, steps=plan.steps,
+                              seed=plan.seed if seed is None else seed, device=device,
+                              eval_every=eval_every, workload_args=plan.workload_args)
     except OptionError as exc:
         fail_sweep(exc)
     except (ConfigError, WorkloadError) as exc:

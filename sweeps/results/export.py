@@ -230,6 +230,9 @@ def export_best(study: optuna.Study, path: str | Path, *, top: int = 1, confirm_
                      "args": dict(chosen.workload_args)},
         "steps": spec.steps if spec is not None else None,
         "sweep_seed": spec.seed if spec is not None else None,
+        # what else changes the numbers: torch's thread count (reductions sum in another
+        # order) and the device the trial ran on; `stabsweep train` uses both by default
+        "runtime": _runtime(chosen.trial),
         "versions": _versions(study),
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -245,6 +248,18 @@ def export_best(study: optuna.Study, path: str | Path, *, top: int = 1, confirm_
     return ExportResult(path=target, trial_number=chosen.trial.number, value=value,
                         confirmed=dict(chosen.values), config=chosen.config,
                         workload_args=dict(chosen.workload_args), provenance=provenance)
+
+
+def _runtime(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The trial's torch threads and device, as its worker reported them."""
+    worker = trial.user_attrs.get(keys.WORKER)
+    worker = worker if isinstance(worker, dict) else {}
+    runtime: dict[str, Any] = {}
+    if isinstance(worker.get("torch_threads"), int):
+        runtime["torch_threads"] = worker["torch_threads"]
+    if worker.get("device"):
+        runtime["device"] = str(worker["device"])
+    return runtime
 
 
 def _quiet(line: str) -> None:
@@ -304,6 +319,10 @@ class TrainingPlan:
     workload: str
     workload_args: dict[str, Any]
     steps: int
+    seed: int = 0
+    """the sweep's seed for an export (the trial's workload and model), else 0."""
+    threads: int | None = None
+    """torch threads the trial ran with (None: torch's default)."""
 
 
 def training_plan(path: str | Path, *, workload: str | None = None, steps: int | None = None,
@@ -328,9 +347,13 @@ def training_plan(path: str | Path, *, workload: str | None = None, steps: int |
     same = workload is None or workload == exported.get("name")
     args = dict(exported.get("args") or {}) if same else {}
     args.update(workload_args or {})
+    runtime = provenance.get("runtime") or {}
+    threads = runtime.get("torch_threads") if isinstance(runtime, dict) else None
     return TrainingPlan(config, workload or str(exported["name"]), args,
                         steps if steps is not None else int(provenance.get("steps")
-                                                            or default_steps))
+                                                            or default_steps),
+                        seed=int(provenance.get("sweep_seed") or 0),
+                        threads=threads if isinstance(threads, int) and threads > 0 else None)
 
 
 def _provenance(path: Path) -> dict[str, Any]:

@@ -58,13 +58,14 @@ def spec() -> SweepSpec:
 
 
 def make_study(trials: list[tuple[Any, ...]] = DEFAULT_TRIALS, *, with_config: bool = True,
-               direction: str = "minimize", storage: str | None = None) -> optuna.Study:
+               direction: str = "minimize", storage: str | None = None,
+               extra: dict[str, Any] | None = None) -> optuna.Study:
     study = optuna.create_study(study_name="exp", direction=direction, storage=storage)
     study.set_user_attr(keys.STUDY_SPEC, spec().to_dict())
     for state, outcome, lr, value in trials:
         params = {"lr": lr, "clip_method": "norm"}
         config, args = config_from_params(params, spec())
-        attrs: dict[str, Any] = {keys.OUTCOME: outcome}
+        attrs: dict[str, Any] = {keys.OUTCOME: outcome, **(extra or {})}
         if with_config:
             attrs |= {keys.CONFIG: config.to_dict(), keys.WORKLOAD_ARGS: args}
         study.add_trial(create_trial(
@@ -216,3 +217,45 @@ def test_default_run_fn_trains_the_spec_workload() -> None:
     again, _ = default_run_fn(spec())(config, args, 8)
     assert math.isfinite(value) and value > 0 and exploded is False
     assert again == value  # same seed, same run
+
+
+def test_train_reproduces_the_exported_trial_threads_and_seed(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """Issue 22 item 8: workers train on 1 thread, `stabsweep train` used torch's default (a
+    Conv1d's eval_loss went 1.0104 -> 1.0265). The export records the trial's threads and
+    device; train uses them, and the sweep's seed, unless told otherwise."""
+    import torch
+    from typer.testing import CliRunner
+
+    import stability.trainer
+    from sweeps.cli import app
+    from sweeps.results import training_plan
+
+    worker = {"node": "h", "pid": 1, "device": "cpu", "torch_threads": 1, "gpu_ids": []}
+    path = tmp_path / "best.yaml"
+    export_best(make_study(extra={keys.WORKER: worker}), path)
+    prov = yaml.safe_load(path.read_text())["provenance"]
+    assert prov["runtime"] == {"torch_threads": 1, "device": "cpu"}
+    plan = training_plan(path)
+    assert (plan.threads, plan.seed) == (1, 7)
+
+    seen: list[tuple[int, int]] = []
+    real = stability.trainer.train
+
+    def train(*args: Any, **kwargs: Any) -> Any:
+        seen.append((torch.get_num_threads(), kwargs["seed"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stability.trainer, "train", train)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = CliRunner().invoke(app, ["train", str(path), "--steps", "2"])
+        assert result.exit_code in (0, 1), result.output
+        result = CliRunner().invoke(app, ["train", str(path), "--steps", "2", "--threads", "2",
+                                          "--seed", "3"])
+        assert result.exit_code in (0, 1), result.output
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [(1, 7), (2, 3)]
