@@ -91,7 +91,8 @@ class StepWatcher:
         self.skipped_count = 0
         self.overflow_count = 0
         self.dropped_by: str = "none"
-        """how the latest skipped update was dropped: ``found_inf``, ``no_grads`` or none."""
+        """how a skipped update is dropped: ``found_inf`` (armed on the fused optimizer every
+        step on the device path), ``no_grads`` (set once a host decision dropped one)."""
 
     # ------------------------------------------------------------------ the step
     def before_step(self, loss: Tensor, optimizer: torch.optim.Optimizer, *,

@@ -63,6 +63,8 @@ from stability.optim import build_optimizer, build_scheduler
 from stability.records import Verdict
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from stability.diagnose import Diagnosis
 
 __all__ = ["StabilityCallback"]
@@ -156,7 +158,7 @@ class StabilityCallback(pl.Callback):
     def verdict(self) -> Verdict | None:
         return self.watcher.verdict if self.watcher is not None else None
 
-    def trace(self) -> Any:
+    def trace(self) -> pd.DataFrame:
         """The per-step DataFrame (the guard's columns)."""
         return self._watching().trace()
 
@@ -179,6 +181,10 @@ class StabilityCallback(pl.Callback):
                                     gain=self.config.init_gain)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if len(trainer.optimizers) > 1:
+            raise RuntimeError(f"StabilityCallback watches one optimizer over the whole module; "
+                               f"configure_optimizers returned {len(trainer.optimizers)}. "
+                               "Use one optimizer (with parameter groups if needed).")
         self.watcher = StepWatcher(pl_module, self.config, detector=self._detector,
                                    sync_every=self._sync_every)
         self._loss, self._logged_step, self.saved_to = None, -1, None
@@ -239,8 +245,8 @@ class StabilityCallback(pl.Callback):
             for logger in trainer.loggers:
                 logger.log_metrics(verdict_metrics(verdict), step=trainer.global_step)
                 logger.log_hyperparams({"stability/verdict": str(verdict)})
-            log.warning("StabilityCallback stopped the fit: %s\n%s", verdict,
-                        watcher.diagnosis().summary())
+            log.warning("StabilityCallback stopped the fit: %s (trace, diagnosis.json and "
+                        "plots in %s)", verdict, self.saved_to)
 
 
 def _refuse(config: StabilityConfig) -> None:

@@ -71,6 +71,8 @@ from stability.optim import build_optimizer, build_scheduler
 from stability.records import Verdict
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from stability.diagnose import Diagnosis
 
 __all__ = ["StabilityCallback"]
@@ -148,7 +150,7 @@ class StabilityCallback(TrainerCallback):
     def verdict(self) -> Verdict | None:
         return self.watcher.verdict if self.watcher is not None else None
 
-    def trace(self) -> Any:
+    def trace(self) -> pd.DataFrame:
         """The per-step DataFrame (the guard's columns)."""
         return self._watching().trace()
 
@@ -262,8 +264,8 @@ class StabilityCallback(TrainerCallback):
         if state.is_world_process_zero:
             self.saved_to = watcher.save(self.out or Path(args.output_dir or "."))
         if watcher.verdict is not None:
-            log.warning("StabilityCallback stopped training: %s\n%s", watcher.verdict,
-                        watcher.diagnosis().summary())
+            log.warning("StabilityCallback stopped training: %s (trace, diagnosis.json "
+                        "and plots in %s)", watcher.verdict, self.saved_to)
 
 
 def _refuse(config: StabilityConfig) -> None:

@@ -155,6 +155,8 @@ def test_a_non_finite_update_is_skipped(sync_every: int, tmp_path: Path) -> None
     callback, _, trainer = _fit(config, 12, tmp_path, extra=[Poisoned(), snapshots],
                                 sync_every=sync_every)
     trace = callback.trace()
+    assert callback.watcher is not None
+    assert callback.watcher.dropped_by == ("no_grads" if sync_every == 1 else "found_inf")
     assert trace["skipped"].tolist() == [i == 5 for i in range(12)]
     assert trace["nonfinite"].iloc[5] >= 1 and math.isfinite(trace["loss"].iloc[5])
     assert callback.verdict is None and trainer.global_step == 12
