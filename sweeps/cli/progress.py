@@ -98,26 +98,45 @@ class SweepDisplay:
             self.progress = None
 
 
+def summary_rows(summary: SweepSummary) -> list[tuple[str, str]]:
+    """The closing numbers, (label, value) per line. The finished count adds up: outcomes
+    that do not count towards n_trials (interrupted, lost, failed) are listed apart."""
+    finished = {k: v for k, v in summary.counts.items() if Outcome(k).finished}
+    others = {k: v for k, v in summary.counts.items() if not Outcome(k).finished}
+    trials = f"{summary.n_trials} finished"
+    if finished:
+        trials += f" ({', '.join(f'{k} {v}' for k, v in sorted(finished.items()))})"
+    if others:
+        trials += f"; not counted: {', '.join(f'{k} {v}' for k, v in sorted(others.items()))}"
+    rows = [("trials", trials)]
+    if summary.best:
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in summary.best["params"].items())
+        rows += [("best", f"trial {summary.best['number']}: {summary.best['value']:.5g}"),
+                 ("best params", params)]
+    else:
+        rows.append(("best", "no completed stable trial yet"))
+    if summary.steps_budget:
+        rows.append(("compute", f"{summary.steps_run} of {summary.steps_budget} steps run "
+                                f"({summary.steps_saved:.0%} saved by pruning)"))
+    rows += [("wall time", f"{summary.wall_time_s:.1f} s"), ("storage", summary.storage)]
+    if summary.mlflow_url:
+        rows.append(("MLflow", summary.mlflow_url))
+    return rows
+
+
 def summary_table(summary: SweepSummary) -> Table:
+    """The closing numbers as a table, for a terminal."""
     table = Table(title=f"study {summary.study}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()))
-    table.add_row("trials", f"{summary.n_trials} finished ({counts})")
-    if summary.best:
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in summary.best["params"].items())
-        table.add_row("best", f"trial {summary.best['number']}: {summary.best['value']:.5g}")
-        table.add_row("best params", params)
-    else:
-        table.add_row("best", "no completed stable trial yet")
-    if summary.steps_budget:
-        table.add_row("compute", f"{summary.steps_run} of {summary.steps_budget} steps run "
-                                 f"({summary.steps_saved:.0%} saved by pruning)")
-    table.add_row("wall time", f"{summary.wall_time_s:.1f} s")
-    table.add_row("storage", summary.storage)
-    if summary.mlflow_url:
-        table.add_row("MLflow", summary.mlflow_url)
+    for label, value in summary_rows(summary):
+        table.add_row(label, value)
     return table
+
+
+def summary_text(summary: SweepSummary) -> str:
+    """The closing numbers as plain lines (output that is not a terminal: a log, a pipe)."""
+    return "\n".join(f" {label:<11} {value}" for label, value in summary_rows(summary))
 
 
 def _fmt(value: Any) -> str:

@@ -75,10 +75,14 @@ def descendants():
 
 before = descendants()   # the driver's processes from before: never ours to stop
 tracked = {}
+clean = False            # the driver said it closed what it opened before closing the pipe
 while True:
     ready, _, _ = select.select([0], [], [], 1.0)
-    if ready and not os.read(0, 4096):
-        break  # the driver is gone (or closed the pipe): clean up
+    if ready:
+        data = os.read(0, 4096)
+        if not data:
+            break  # the driver is gone (or closed the pipe): clean up
+        clean = clean or b"clean" in data
     for pid, start in descendants().items():
         if pid not in tracked and before.get(pid) != start and is_ray(pid):
             tracked[pid] = start
@@ -95,6 +99,13 @@ for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
         left = [p for p in left if alive(p, tracked[p])]
     if not left:
         break
+if not clean and len(sys.argv) > 3:  # died without closing: its on-death command
+    import subprocess
+    try:
+        subprocess.Popen(sys.argv[3:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    except OSError:
+        pass
 """
 
 
@@ -109,9 +120,12 @@ class Reaper:
         return self.proc.pid
 
     def close(self, timeout: float = 10.0) -> None:
-        """Close the pipe: the watchdog stops what is left of the noted processes and exits."""
+        """Close the pipe: the watchdog stops what is left of the noted processes and exits
+        (without running the on-death command: the driver closed what it opened)."""
         if self._fd < 0:
             return
+        with contextlib.suppress(OSError):
+            os.write(self._fd, b"clean")
         with contextlib.suppress(OSError):
             os.close(self._fd)
         self._fd = -1
@@ -122,14 +136,17 @@ class Reaper:
             self.proc.wait()
 
 
-def start_reaper(grace_s: float = 3.0) -> Reaper | None:
-    """Start the watchdog of this process's descendants (None where there is no /proc)."""
+def start_reaper(grace_s: float = 3.0, on_death: list[str] | None = None) -> Reaper | None:
+    """Start the watchdog of this process's descendants (None where there is no /proc).
+    ``on_death``: a command it runs (in a session of its own) after the clean-up when this
+    process dies without :meth:`Reaper.close` (``kill -9``)."""
     if not Path("/proc/self/stat").exists() or os.name != "posix":
         return None
     read_fd, write_fd = os.pipe()  # both non-inheritable: Ray's processes never hold them
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-S", "-c", _WATCHDOG, str(os.getpid()), str(grace_s)],
+            [sys.executable, "-S", "-c", _WATCHDOG, str(os.getpid()), str(grace_s),
+             *(on_death or [])],
             stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             close_fds=True)
     except OSError:

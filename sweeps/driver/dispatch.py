@@ -57,8 +57,9 @@ def recover(study: optuna.Study, storage: Any, spec: SweepSpec, options: RunOpti
 
     def closed(frozen: optuna.trial.FrozenTrial) -> None:
         run_id = frozen.user_attrs.get(keys.MLFLOW_RUN)
-        if run_id:  # its MLflow run ends KILLED too, instead of RUNNING forever
-            tracker.close_trial_run(str(run_id), Outcome.INTERRUPTED, reason)
+        if run_id:  # its MLflow run ends KILLED too, with the steps the study keeps
+            steps = study._storage.get_trial(frozen._trial_id).user_attrs.get(keys.STEPS_RUN)
+            tracker.close_trial_run(str(run_id), Outcome.INTERRUPTED, reason, steps)
         emit(TrialRecovered(frozen.number))
 
     recover_stale(study, steps=spec.steps, max_retries=options.max_retries, reason=reason,
@@ -185,12 +186,14 @@ class Dispatcher:
         trial = item.trial
         wall = time.perf_counter() - item.started
         tell_lost(self.study, trial, outcome, reason, steps_run=item.steps, wall_time_s=wall)
-        self.tracker.close_trial_run(item.run_id, outcome, reason)
+        self.tracker.close_trial_run(item.run_id, outcome, reason, item.steps)
         retried = retry(self.study, trial.number, trial.params, item.attempt,
                         self.options.max_retries)
-        self.emit(TrialEnded(trial.number, outcome, None,
-                             reason + ("; retrying" if retried else "; retries used up"),
-                             item.steps, dict(trial.params), wall, self.best_value()))
+        # an interrupted trial's reason already says it is retried on resume
+        suffix = ("" if outcome is Outcome.INTERRUPTED else "; retrying") if retried \
+            else "; retries used up"
+        self.emit(TrialEnded(trial.number, outcome, None, reason + suffix, item.steps,
+                             dict(trial.params), wall, self.best_value()))
 
     def recover_stale(self, reason: str) -> None:
         recover(self.study, self.storage, self.spec, self.options, self.emit, self.tracker,
@@ -205,6 +208,13 @@ class Dispatcher:
                 item.asked = 0.0
             self.poll_progress()
             self.poll_progress(wait_s=1.0)
+        with contextlib.suppress(Exception):  # trials that ended meanwhile are told as they ended
+            done, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
+            for ref in done:
+                self.collect(ref)
+        # Stop the workers before the trials are closed: one left training would log a run
+        # that ends "complete" after the study recorded it interrupted.
+        self.pool.shutdown()
         reason = "interrupted (Ctrl-C); retried on resume"
         for item in list(self.running.values()):
             self.close_lost(item, Outcome.INTERRUPTED, reason)

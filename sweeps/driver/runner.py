@@ -22,6 +22,7 @@ import ray
 
 from sweeps.common import OptionError, SweepError, SweepInterrupted, keys
 from sweeps.driver._reaper import start_reaper
+from sweeps.driver.agree import make_tracking_agree
 from sweeps.driver.artifacts import finish_study_run, output_dir
 from sweeps.driver.dispatch import Dispatcher, recover
 from sweeps.driver.events import (
@@ -90,8 +91,8 @@ class _Driver:
             return self._summary(study, start, dispatched=0)
         self.tracker = self._open_tracker(study)
         recover(study, self.storage, self.spec, self.options, self.emit, self.tracker)
-        if not ray.is_initialized():  # the Ray we start dies with us, even on kill -9
-            self.reaper = start_reaper()
+        if not ray.is_initialized():  # the Ray we start dies with us, even on kill -9, and
+            self.reaper = start_reaper(on_death=self.tracker.orphan_command())  # MLflow says so
         try:
             workers, self.ray_started = init_ray(
                 self.options.ray_address, workers=self.options.workers,
@@ -113,8 +114,9 @@ class _Driver:
             dispatcher.interrupt()
             raise SweepError(str(exc), option="workers") from None
         except KeyboardInterrupt:
-            dispatcher.interrupt()
-            self.tracker.close("KILLED")
+            dispatcher.interrupt()  # the workers are stopped, their trials closed
+            self.tracker.close("KILLED")  # every spool uploaded
+            make_tracking_agree(study, self.tracker, self.emit)
             raise SweepInterrupted(
                 f"interrupted: {self.spec.study!r} keeps its finished trials") from None
         finally:
@@ -127,6 +129,7 @@ class _Driver:
                                  storage_url=self.storage.display_url)
             except Exception as exc:  # the study is safe in Optuna; tracking must not fail it
                 self.emit(SweepWarning(f"could not finish the MLflow parent run: {exc}"))
+            make_tracking_agree(study, self.tracker, self.emit)
         return summary
 
     def _open_tracker(self, study: Any) -> StudyTracker | NullTracker:

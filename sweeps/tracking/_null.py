@@ -21,7 +21,17 @@ class NullTracker:
     def settings_for(self, run_id: str | None) -> None:
         return None
 
-    def close_trial_run(self, run_id: str | None, outcome: str, reason: str) -> None:
+    def close_trial_run(self, run_id: str | None, outcome: str, reason: str,
+                        steps: int | None = None) -> None:
+        return None
+
+    def sync(self, prune: bool = False) -> None:
+        return None
+
+    def reconcile(self, expected: Mapping[str, tuple[str, int | None, str]]) -> int:
+        return 0
+
+    def orphan_command(self) -> None:
         return None
 
     def ui_url(self, base_url: str | None = None) -> None:

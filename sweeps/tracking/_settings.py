@@ -30,6 +30,7 @@ __all__ = [
     "TAG_REASON",
     "TAG_RUN_COLOR",
     "TAG_STATE",
+    "TAG_STEPS_RUN",
     "TAG_STUDY",
     "TAG_TRIAL",
     "TAG_VERDICT",
@@ -68,6 +69,7 @@ TAG_ATTEMPT = "stabsweep.attempt"       # 1 for a first run, 2.. for retries
 TAG_STATE = "stabsweep.state"           # running, or the trial's Outcome (sweeps.common.outcomes)
 TAG_EXPLODED = "stabsweep.exploded"     # "true" / "false"
 TAG_REASON = "stabsweep.reason"
+TAG_STEPS_RUN = "stabsweep.steps_run"   # optimizer steps run, as the study records them
 TAG_ONSET_STEP = "stabsweep.onset_step"
 TAG_FIRST_LAYER = "stabsweep.first_layer"
 TAG_VERDICT_KIND = "stabsweep.verdict_kind"

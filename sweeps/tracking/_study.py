@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import warnings
@@ -37,7 +38,7 @@ from sweeps.tracking._failures import is_transient
 from sweeps.tracking._series import metric_key
 from sweeps.tracking._settings import DEFAULT_PLOTS, TrackingSettings, default_spool_dir
 from sweeps.tracking._sink import Sink
-from sweeps.tracking._spool import Spool, spool_files
+from sweeps.tracking._spool import Spool, resolve_placeholder, spool_files
 from sweeps.tracking._sync import SyncReport, sync_spool
 from sweeps.tracking._view import study_url, view_state
 
@@ -190,15 +191,70 @@ class StudyTracker:
         self._sync_now_and_then()
         return run_id
 
-    def close_trial_run(self, run_id: str, outcome: str, reason: str) -> None:
-        """End a run whose worker could not (worker lost, interrupted): FAILED or KILLED."""
+    def close_trial_run(self, run_id: str, outcome: str, reason: str,
+                        steps: int | None = None) -> None:
+        """End a run whose worker could not (worker lost, interrupted): FAILED or KILLED, with
+        the steps the study records for it."""
         tags = [[names.TAG_STATE, outcome], [names.TAG_EXPLODED, "false"],
                 [names.TAG_REASON, reason[:5000] or outcome]]
+        if steps is not None:
+            tags.append([names.TAG_STEPS_RUN, str(int(steps))])
         self.sink.submit({"op": "log_batch", "run": run_id, "tags": tags})
         status = Outcome(outcome).look.mlflow_status
         self.sink.submit({"op": "status", "run": run_id, "status": status,
                           "end_time": int(time.time() * 1000)})
         self._sync_now_and_then()
+
+    def reconcile(self, expected: Mapping[str, tuple[str, int | None, str]]) -> int:
+        """Make trial runs say what the study says: ``expected`` maps a run id to the outcome,
+        steps and reason the study (the source of truth) records. A run whose state, status
+        or steps differ (a worker that trained on after Ctrl-C, an end that never landed) is
+        corrected; the number corrected. Call it once every spool has landed (:meth:`sync`)."""
+        from mlflow.entities import RunTag
+
+        spool = self.sink.spool_dir
+        wanted = {resolve_placeholder(spool, run_id): want for run_id, want in expected.items()}
+        wanted.pop(None, None)  # created while the store was down, not uploaded yet
+        if not wanted:
+            return 0
+        client = self.sink.client
+        runs, token = {}, None
+        while True:
+            page = client.search_runs([self.experiment_id], f"tags.`{names.TAG_KIND}` = 'trial'",
+                                      max_results=1000, page_token=token)
+            runs.update({run.info.run_id: run for run in page if run.info.run_id in wanted})
+            token = page.token
+            if not token:
+                break
+        fixed = 0
+        for run_id, run in runs.items():
+            outcome, steps, reason = wanted[run_id]
+            ended = Outcome(outcome)
+            have = run.data.tags
+            tags = {}
+            if have.get(names.TAG_STATE) != ended:
+                exploded = str(ended is Outcome.EXPLODED).lower()
+                tags.update({names.TAG_STATE: str(ended), names.TAG_EXPLODED: exploded,
+                             names.TAG_REASON: reason[:5000] or str(ended),
+                             names.TAG_RUN_COLOR: ended.look.color})
+            if steps is not None and have.get(names.TAG_STEPS_RUN) != str(steps):
+                tags[names.TAG_STEPS_RUN] = str(steps)
+            if tags:
+                client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            if run.info.status != ended.look.mlflow_status:
+                client.set_terminated(run_id, ended.look.mlflow_status)
+            fixed += bool(tags) or run.info.status != ended.look.mlflow_status
+        return fixed
+
+    def orphan_command(self) -> list[str]:
+        """A command that ends the study's run KILLED if the driver dies without closing it
+        (``kill -9``): the driver's watchdog runs it (see ``sweeps.driver._reaper``)."""
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+                "from sweeps.tracking._sync import end_orphaned_run; "
+                "end_orphaned_run(*sys.argv[2:])")
+        root = str(Path(__file__).resolve().parents[2])
+        return [sys.executable, "-c", code, root, self.sink.uri, str(self.sink.spool_dir),
+                self.parent_run_id]
 
     # ------------------------------------------------------------------ the end
     def finish_study(self, files: Mapping[str, str | Path], summary: Mapping[str, Any]

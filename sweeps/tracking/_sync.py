@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from mlflow_setup import redact
 from sweeps.tracking._sink import Sink
 from sweeps.tracking._spool import Spool, spool_files
 
-__all__ = ["SyncReport", "sync_spool"]
+__all__ = ["SyncReport", "end_orphaned_run", "sync_spool"]
 
 
 @dataclass
@@ -99,3 +100,16 @@ def _remove(spool: Spool) -> None:
     for path in (spool.path, spool.done_path, spool.stem.with_name(spool.stem.name + ".lock")):
         path.unlink(missing_ok=True)
     shutil.rmtree(spool.files_dir, ignore_errors=True)
+
+
+def end_orphaned_run(tracking_uri: str, spool_dir: str | Path, run_id: str,
+                     reason: str = "its driver stopped (killed) before the sweep ended; "
+                                   "rerun the sweep to resume it") -> None:
+    """End a study's run whose driver died without ending it (``kill -9``): KILLED, with why,
+    as its trials' runs are ended. Spooled if the store is down; a resume sets it RUNNING."""
+    from sweeps.tracking._settings import TAG_REASON
+
+    sink = Sink(tracking_uri, spool_dir, name=f"orphan-{socket.gethostname()}-{os.getpid()}")
+    sink.submit({"op": "log_batch", "run": run_id, "tags": [[TAG_REASON, reason]]})
+    sink.submit({"op": "status", "run": run_id, "status": "KILLED",
+                 "end_time": int(time.time() * 1000)})

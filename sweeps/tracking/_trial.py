@@ -160,6 +160,7 @@ class TrialTracker:
         verdict = getattr(result, "verdict", None)
         tags = {names.TAG_STATE: state, names.TAG_EXPLODED: "true" if exploded else "false",
                 names.TAG_REASON: str(outcome.reason)[:_MAX_TAG] or state,
+                names.TAG_STEPS_RUN: str(int(result.steps_run)),
                 names.TAG_RUN_COLOR: ended.look.color}
         onset = getattr(diagnosis, "onset_step", None)
         if exploded and onset is not None:
@@ -218,12 +219,14 @@ class TrialTracker:
             self._kick()
         return self.run_id
 
-    def finish_failed(self, exc: BaseException) -> str:
-        """The workload raised: tag it, attach the traceback, end the run FAILED."""
+    def finish_failed(self, exc: BaseException, steps_run: int = 0) -> str:
+        """The workload raised after ``steps_run`` steps: tag it, attach the traceback, end the
+        run FAILED."""
         self._check_open("finish_failed")
         first = str(exc).splitlines()[0] if str(exc) else ""
         tags = {names.TAG_STATE: Outcome.FAILED, names.TAG_EXPLODED: "false",
                 names.TAG_REASON: f"workload raised {type(exc).__name__}: {first}"[:_MAX_TAG],
+                names.TAG_STEPS_RUN: str(int(steps_run)),
                 names.TAG_RUN_COLOR: Outcome.FAILED.look.color}
         self._add(self.encoder.close(_now_ms()))
         folder = self._flush_with_tags(tags)

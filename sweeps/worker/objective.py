@@ -153,7 +153,7 @@ def run_trial(task: TrialTask, *, device: str = "cpu", info: dict[str, Any] | No
         )
     except Exception as exc:  # the workload (or its config) raised: this trial fails
         if tracker is not None:
-            tracker.finish_failed(exc)
+            tracker.finish_failed(exc, steps_done[0])
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         return TrialOutcome(
             task.trial_number, Outcome.FAILED, None,

@@ -92,3 +92,37 @@ def test_workloads_lists_builtins():
     assert result.exit_code == 0
     for name in ("rnn_adding", "deep_mlp", "transformer_lm", "cnn_digits"):
         assert name in result.output
+
+
+def test_interrupted_run_says_how_to_resume_with_the_same_flags(tmp_path, monkeypatch):
+    """Issue 22 item 9: the hint dropped --workers, --no-tracking and the storage."""
+    import sweeps.driver
+    from sweeps.common import SweepInterrupted
+
+    def interrupted(*args, **kwargs):
+        raise SweepInterrupted("interrupted: 't' keeps its finished trials")
+
+    monkeypatch.setattr(sweeps.driver, "run_sweep", interrupted)
+    spec = write_spec(tmp_path / "s.yaml", small_spec())
+    result = runner.invoke(app, ["run", str(spec), "--workers", "2", "--no-tracking",
+                                 "--storage", "sqlite:///my db.sqlite", "--max-retries", "2"])
+    assert result.exit_code == 130, result.output
+    assert (f"Resume with: stabsweep run {spec} --workers 2 --storage 'sqlite:///my db.sqlite' "
+            "--no-tracking") in result.output.replace("\n", "")
+
+
+def test_the_summary_off_a_terminal_is_plain_lines(tmp_path, monkeypatch):
+    import sweeps.driver
+    from sweeps.driver import SweepSummary
+
+    summary = SweepSummary(study="t", storage="sqlite:///x.db", n_trials=6,
+                           counts={"complete": 6}, best=None, steps_run=240, steps_budget=240,
+                           wall_time_s=1.5)
+    monkeypatch.setattr(sweeps.driver, "run_sweep", lambda *a, **k: summary)
+    spec = write_spec(tmp_path / "s.yaml", small_spec())
+    result = runner.invoke(app, ["run", str(spec), "--no-tracking"])
+    assert result.exit_code == 0, result.output
+    assert " trials      6 finished (complete 6)\n compute     240 of 240 steps run" not in \
+        result.output  # "best" comes between
+    assert " trials      6 finished (complete 6)\n" in result.output
+    assert not set(result.output) & set("│┃━─┏")

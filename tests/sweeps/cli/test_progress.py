@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from sweeps.cli.progress import SweepDisplay
+from sweeps.cli.progress import SweepDisplay, summary_rows, summary_text
 from sweeps.common import Outcome
 from sweeps.driver import (
     AlreadyDone,
     StorageServed,
     SweepStarted,
+    SweepSummary,
     SweepWarning,
     TrialDispatched,
     TrialEnded,
@@ -54,3 +55,17 @@ def test_the_status_counts_by_outcome() -> None:
     assert display.finished == 3 and display.failed == 2
     assert display.ended[Outcome.EXPLODED] == display.ended[Outcome.SLOW] == 1
     assert display.best == 0.5
+
+
+def test_the_summary_adds_up_and_is_plain_lines_off_a_terminal() -> None:
+    """Issue 22 item 9: "20 finished (complete 20, interrupted 2)" added up to 22; a log got
+    a box padded to 160 columns where the README shows plain lines."""
+    summary = SweepSummary(study="s", storage="sqlite:///x.db", n_trials=20,
+                           counts={"complete": 18, "exploded": 2, "interrupted": 2}, best=None,
+                           steps_run=10, steps_budget=20, wall_time_s=1.0)
+    trials = "20 finished (complete 18, exploded 2); not counted: interrupted 2"
+    assert dict(summary_rows(summary))["trials"] == trials
+    lines = summary_text(summary).splitlines()
+    assert lines[0] == f" trials      {trials}"
+    assert lines[1] == " best        no completed stable trial yet"
+    assert all(line == line.rstrip() and not set(line) & set("│┃━─┏") for line in lines)

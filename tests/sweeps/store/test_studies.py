@@ -170,18 +170,20 @@ def test_a_recovered_trial_ends_its_mlflow_run_too(tmp_path: Path) -> None:
 
     class Tracker:
         def __init__(self) -> None:
-            self.closed: list[tuple[str, str, str]] = []
+            self.closed: list[tuple[str, str, str, int | None]] = []
 
-        def close_trial_run(self, run_id: str, outcome: str, reason: str) -> None:
-            self.closed.append((run_id, outcome, reason))
+        def close_trial_run(self, run_id: str, outcome: str, reason: str,
+                            steps: int | None = None) -> None:
+            self.closed.append((run_id, outcome, reason, steps))
 
     study = optuna.create_study()
     tracked, untracked = study.ask(LR), study.ask(LR)
     tracked.set_user_attr(keys.MLFLOW_RUN, "run-abc")
+    tracked.report(0.5, 17)  # the worker had reported step 17: the run records those steps
     storage = type("Storage", (), {"shared": False})()
     events: list[object] = []
     tracker = Tracker()
     recover(study, storage, parse_spec(small_spec()), RunOptions(workdir=tmp_path),
             events.append, tracker, "stopped")
-    assert tracker.closed == [("run-abc", Outcome.INTERRUPTED, "stopped")]
+    assert tracker.closed == [("run-abc", Outcome.INTERRUPTED, "stopped", 17)]
     assert events == [TrialRecovered(tracked.number), TrialRecovered(untracked.number)]

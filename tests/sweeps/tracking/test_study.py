@@ -140,3 +140,44 @@ def test_resume_reuses_parent_and_closes_lost_trials(study: StudyTracker,
         third = StudyTracker.open("tiny", SPEC, study.sink.uri, again.parent_run_id,
                                   spool_dir=tmp_path / "spool")
     assert third.parent_run_id != again.parent_run_id and not third.resumed
+
+
+def test_reconcile_makes_the_runs_say_what_the_study_says(study: StudyTracker) -> None:
+    """Issue 22 item 2: after Ctrl-C a worker that trained on ended its run "complete", 200
+    steps, while the study recorded it interrupted at 90. reconcile rewrites what differs."""
+    client = client_for(study.sink.uri)
+    stopped = study.create_trial_run(0, STABLE)
+    agreed = study.create_trial_run(1, STABLE)
+    for run_id in (stopped, agreed):  # what a worker that ran to the end writes
+        study.sink.submit({"op": "log_batch", "run": run_id, "tags": [
+            ["stabsweep.state", "complete"], ["stabsweep.steps_run", "200"]]})
+        study.sink.submit({"op": "status", "run": run_id, "status": "FINISHED"})
+    expected = {stopped: (Outcome.INTERRUPTED, 90, "interrupted (Ctrl-C); retried on resume"),
+                agreed: (Outcome.COMPLETE, 200, "completed 200 steps")}
+    assert study.reconcile(expected) == 1
+    run = client.get_run(stopped)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["stabsweep.state"] == "interrupted"
+    assert run.data.tags["stabsweep.steps_run"] == "90"
+    assert run.data.tags["stabsweep.reason"] == "interrupted (Ctrl-C); retried on resume"
+    assert client.get_run(agreed).info.status == "FINISHED"
+    assert study.reconcile(expected) == 0  # nothing left to correct
+
+
+def test_a_closed_trial_run_records_its_steps(study: StudyTracker) -> None:
+    client = client_for(study.sink.uri)
+    lost = study.create_trial_run(0, STABLE)
+    study.close_trial_run(lost, Outcome.WORKER_LOST, "worker died", steps=37)
+    assert client.get_run(lost).data.tags["stabsweep.steps_run"] == "37"
+
+
+def test_an_orphaned_study_run_ends_killed(study: StudyTracker) -> None:
+    """The command the driver's watchdog runs when the driver is killed -9."""
+    import subprocess
+
+    client = client_for(study.sink.uri)
+    assert client.get_run(study.parent_run_id).info.status == "RUNNING"
+    subprocess.run(study.orphan_command(), check=True, timeout=120)
+    run = client.get_run(study.parent_run_id)
+    assert run.info.status == "KILLED"
+    assert "driver stopped" in run.data.tags["stabsweep.reason"]
