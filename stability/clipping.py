@@ -103,16 +103,64 @@ class Clipper(Protocol):
                  stats: GradStats) -> ClipResult: ...
 
 
+class SplitClipper(Protocol):
+    """A clipper whose work splits in two: ``plan`` is device math on the statistics alone
+    (no host branch, no gradients: it can be replayed in a CUDA graph), ``apply`` scales the
+    gradients by the plan. ``scales`` is False when ``apply`` does nothing."""
+
+    split: bool
+    scales: bool
+
+    def plan(self, stats: GradStats) -> ClipResult: ...
+
+    def apply(self, grads: Sequence[Tensor], clip: ClipResult) -> None: ...
+
+
+def split_clipper(clipper: object) -> SplitClipper | None:
+    """``clipper`` as a :class:`SplitClipper`, or None when it does not split."""
+    return clipper if getattr(clipper, "split", False) else None  # type: ignore[return-value]
+
+
 class NoClip:
-    def __call__(self, params, grads, stats):  # type: ignore[no-untyped-def]
+    # Split clippers (``plan`` + ``apply``): the plan is device math on the statistics alone,
+    # with no host branch, so the guard can replay it inside a CUDA graph; ``apply`` touches
+    # the gradients (whose addresses change every step) outside it.
+    split = True
+    scales = False
+    """``apply`` does nothing: the guard need not call it."""
+
+    def plan(self, stats: GradStats) -> ClipResult:
         one = torch.ones_like(stats.global_norm)
         return ClipResult(one, torch.full_like(one, math.nan))
 
+    def apply(self, grads: Sequence[Tensor], clip: ClipResult) -> None:
+        return None
+
+    def __call__(self, params, grads, stats):  # type: ignore[no-untyped-def]
+        return self.plan(stats)
+
 
 class NormClip:
+    split = True
+    scales = True
+
     def __init__(self, max_norm: float) -> None:
         self.max_norm = max_norm
         self._threshold: Tensor | None = None  # made once per device, not once per step
+
+    def plan(self, stats: GradStats) -> ClipResult:
+        """The coefficient ``clip_by_norm`` applies, from the measured norm (no gradients)."""
+        norm = stats.global_norm
+        if self._threshold is None or self._threshold.device != norm.device:
+            self._threshold = _scalar(self.max_norm, norm)
+        coef = torch.clamp(self._threshold / (norm + _EPS), max=1.0)
+        coef = torch.where(torch.isfinite(coef), coef, torch.ones_like(coef))
+        return ClipResult(coef, self._threshold)
+
+    def apply(self, grads: Sequence[Tensor], clip: ClipResult) -> None:
+        if grads:
+            coef = clip.coef if grads[0].dtype == clip.coef.dtype else clip.coef.to(grads[0].dtype)
+            torch._foreach_mul_(list(grads), coef)
 
     def __call__(self, params, grads, stats):  # type: ignore[no-untyped-def]
         norm = stats.global_norm

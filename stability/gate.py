@@ -49,6 +49,11 @@ class SkipGate:
         self._steps = 0  # host counter: the phase is known without looking at the device
         self._host = [0.0, 0.0, 0.0]  # count, mean, var of decide_host
 
+    @property
+    def warming_up(self) -> bool:
+        """True while the next device decision still seeds the statistics (a host branch)."""
+        return self._steps < self.warmup
+
     def __call__(self, loss: Tensor, norm: Tensor, nonfinite: Tensor) -> Tensor:
         """A 0-d bool tensor: True when this step's update must not be applied."""
         # inf/NaN in the loss or any gradient (the global norm carries it) poison the sum

@@ -34,9 +34,10 @@ from torch import Tensor, nn
 
 from stability import init as init_schemes
 from stability import trace as tr
-from stability.clipping import ClipResult, make_clipper, standardize_grads
+from stability.clipping import ClipResult, make_clipper, split_clipper, standardize_grads
 from stability.config import StabilityConfig
 from stability.detectors import Detector, detector_for
+from stability.devicestep import DeviceStep, unsupported
 from stability.gate import SkipGate
 from stability.optim import build_optimizer, build_scheduler
 from stability.precision import AutocastHooks, make_grad_scaler, scale_tensor
@@ -61,6 +62,10 @@ class StabilityGuard:
             and lets a non-finite step be skipped), 10 on accelerators (no per-step sync).
         stop_on_verdict: once a detector fires, further ``step`` calls skip the update.
         on_sync: called with the new StepRecords after each host transfer (e.g. a logger).
+        device_step: run the post-backward work as one function (:mod:`stability.devicestep`),
+            captured as a CUDA graph on CUDA. None (default): on CUDA where the config allows
+            it; True: also on CPU (eagerly; for tests), ValueError when the config cannot;
+            False: never.
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class StabilityGuard:
         apply_init: bool = True,
         stop_on_verdict: bool = True,
         on_sync: Callable[[list[StepRecord]], None] | None = None,
+        device_step: bool | None = None,
     ) -> None:
         self.model, self.config = model, config
         first = next(model.parameters(), None)
@@ -109,6 +115,23 @@ class StabilityGuard:
         self.layer_names = tuple(self.monitor.layer_names)
         self.columns = tr.ROW + tr.columns_for(self.layer_names)
         self._buffer = torch.zeros(sync_every, len(self.columns), device=self.device)
+        self.device_step: DeviceStep | None = None
+        """the fused post-backward step, when it runs (see ``device_step``)."""
+        self.device_step_off: str | None = unsupported(config, self.clipper, self.monitor)
+        """why the fused step does not run, or None when it does."""
+        if device_step is None:
+            device_step = self.device.type == "cuda" and self.device_step_off is None
+        elif device_step and self.device_step_off is not None:
+            raise ValueError(f"device_step=True cannot run this config: "
+                             f"{self.device_step_off}; pass device_step=None to fall back.")
+        split = split_clipper(self.clipper)
+        if device_step and split is not None:
+            self.device_step = DeviceStep(self.monitor, self.gate, split, self._buffer,
+                                          norm_type=config.clip_norm_type,
+                                          host_gate=self._host_gate, graph=True)
+        elif self.device_step_off is None:
+            self.device_step_off = "device_step=False" if self.device.type == "cuda" else (
+                "not a CUDA device (the eager step is faster on CPU)")
         self._one = torch.ones((), device=self.device)
         self._lr_constant = config.schedule == "constant" and config.warmup_steps == 0
         self._zero = torch.zeros((), device=self.device)
@@ -175,6 +198,14 @@ class StabilityGuard:
         return self.verdict is not None
 
     def _optimizer_step(self, loss: Tensor) -> None:
+        if self.device_step is not None:
+            fused = self.device_step
+            grads = fused.load(loss)
+            self.stats, self.clip, skip = fused.run()
+            if fused.clipper.scales:
+                fused.clipper.apply(grads, self.clip)
+            self._after_row(skip)
+            return
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # grads now hold true values
         stats = self.monitor.measure(self.config.clip_norm_type)
@@ -201,6 +232,10 @@ class StabilityGuard:
                      scale, overflow, stats.nonfinite.float(), skip.float()),
                     out=row[:tr.N_ROW])
         row[tr.N_ROW:].copy_(stats.layer_norms)
+        self._after_row(skip)
+
+    def _after_row(self, skip: Tensor) -> None:
+        """The step's row is on device: sync at the cadence, then the update (or not)."""
         self._pending += 1
         self._pending_lr.append(self.optimizer.param_groups[0]["lr"])
         self.step_count += 1
@@ -252,6 +287,8 @@ class StabilityGuard:
         if n == 0:
             return []
         block = self._buffer[:n].cpu().numpy().astype(np.float64)
+        if self.device_step is not None and n < self.sync_every:
+            self.device_step.rewind()
         lrs = self._pending_lr
         self._pending, self._pending_lr = 0, []
         first_step = self.step_count - n

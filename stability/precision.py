@@ -3,7 +3,11 @@
 overflow is not skipped by a scaler; for reproducing Micikevicius et al. 2018, not for use).
 
 The guard runs the model's forward under autocast by hooking the model itself, so a user's loop
-needs no ``with`` block; the loss (computed outside the model) stays in fp32. fp16 uses
+needs no ``with`` block. The model's floating-point outputs leave it in fp32 (as accelerate's
+``convert_outputs_to_fp32`` does): the loss is computed outside the model, outside autocast, and
+``F.mse_loss(pred_bf16, target_fp32)`` trains on the CPU but fails in backward on CUDA ("Found
+dtype Float but expected BFloat16"). The rule for any workload, built-in or a user's: compute the
+loss from the model's outputs and fp32 targets; the cast makes the dtypes agree. fp16 uses
 ``torch.amp.GradScaler``: a step whose gradients overflow is skipped and counted, the scale backs
 off, and the scale is traced (defaults: init 2**16, growth 2, backoff 0.5, interval 2000).
 """
@@ -54,14 +58,40 @@ class AutocastHooks:
         ctx.__enter__()
         self._stack.append(ctx)
 
-    def _exit(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._stack:
-            self._stack.pop().__exit__(None, None, None)
+    def _exit(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if not self._stack:
+            return None
+        self._stack.pop().__exit__(None, None, None)
+        if self._stack:  # an inner call of a re-entrant forward: the outermost one casts
+            return None
+        return outputs_to_fp32(output)
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+_LOW = (torch.float16, torch.bfloat16)
+
+
+def outputs_to_fp32(output: Any) -> Any:
+    """``output`` with every fp16/bf16 tensor in it cast to fp32 (tensors, and tensors inside
+    tuples, named tuples, lists and dicts, e.g. a ``ModelOutput``); anything else unchanged."""
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.dtype in _LOW else output
+    if isinstance(output, tuple) and hasattr(output, "_fields"):  # a named tuple
+        return type(output)(*(outputs_to_fp32(v) for v in output))
+    if isinstance(output, (list, tuple)):
+        return type(output)(outputs_to_fp32(v) for v in output)
+    if isinstance(output, dict):
+        cast = {k: outputs_to_fp32(v) for k, v in output.items()}
+        try:
+            return type(output)(**cast) if type(output) is not dict else cast
+        except TypeError:  # a mapping type that is not built from keywords
+            output.update(cast)
+            return output
+    return output
 
 
 def make_grad_scaler(config: StabilityConfig, device_type: str) -> torch.amp.GradScaler | None:

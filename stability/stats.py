@@ -32,6 +32,20 @@ class GradStats:
     norm_type: float = 2.0
 
 
+_COMPILED = "_orig_mod"
+"""The attribute ``torch.compile`` wraps a module under (``OptimizedModule._orig_mod``)."""
+
+
+def strip_compiled(name: str) -> str:
+    """A parameter or module path without ``torch.compile``'s wrapper parts:
+    ``_orig_mod.blocks.0._orig_mod.attn.weight`` -> ``blocks.0.attn.weight``, so a model and
+    its compiled form (whole, or compiled blocks inside it) have the same layer names."""
+    if _COMPILED not in name:
+        return name
+    parts = [part for part in name.split(".") if part != _COMPILED]
+    return ".".join(parts)
+
+
 def layer_of(param_name: str) -> str:
     """Module that owns a parameter: ``encoder.0.weight`` -> ``encoder.0``."""
     head, _, _ = param_name.rpartition(".")
@@ -50,7 +64,7 @@ def layer_labels(model: nn.Module, paths: list[str]) -> list[str]:
     charts) in model order, each gets its position as a prefix: ``03-head:Linear``. A
     parameter owned by the model itself keeps its name.
     """
-    modules = dict(model.named_modules())
+    modules = {strip_compiled(name): module for name, module in model.named_modules()}
     width = max([2] + [len(part) for path in paths for part in path.split(".")
                        if _DIGITS.match(part)])
     labels = []
@@ -86,6 +100,7 @@ class GradMonitor:
         for name, param in named_parameters:
             if not param.requires_grad:
                 continue
+            name = strip_compiled(name)
             layer = layer_of(name)
             if layer not in layer_pos:
                 layer_pos[layer] = len(self.layer_names)
@@ -107,6 +122,11 @@ class GradMonitor:
         monitor.layer_paths = list(monitor.layer_names)
         monitor.layer_names = layer_labels(model, monitor.layer_paths)
         return monitor
+
+    @property
+    def layer_of_param(self) -> list[int]:
+        """The layer (position in ``layer_names``) of each monitored parameter."""
+        return list(self._layer_of_param)
 
     @property
     def n_layers(self) -> int:

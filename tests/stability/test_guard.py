@@ -107,9 +107,14 @@ def test_forward_runs_under_autocast_via_hooks_and_loss_stays_fp32():
     model = _model()
     guard = StabilityGuard(model, StabilityConfig(precision="bf16", optimizer="adam"))
     x, _ = _data()
-    assert model(x).dtype == torch.bfloat16
+    inner: list[torch.dtype] = []
+    first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    handle = first.register_forward_hook(lambda m, a, out: inner.append(out.dtype))
+    assert model(x).dtype == torch.float32  # the output leaves autocast in fp32 ...
+    assert inner == [torch.bfloat16]  # ... after the layers ran in bf16
     guard.close()
-    assert model(x).dtype == torch.float32
+    assert model(x).dtype == torch.float32 and inner[-1] == torch.float32
+    handle.remove()
 
 
 def test_nonfinite_step_flagged_and_not_applied_on_cpu():

@@ -34,7 +34,7 @@ def _weight_grad(precision: str) -> torch.Tensor:
                                                   lr=1e-3, on_spike="stop"))
     x = torch.randn(4, 8)
     out = model(x)
-    assert out.dtype == (torch.float32 if precision == "fp32" else torch.float16)
+    assert out.dtype == torch.float32  # the model ran in fp16; its output leaves in fp32
     guard.step(out.float().sum() * 1e-9)
     guard.close()
     return grads[0]
