@@ -94,6 +94,24 @@ def outputs_to_fp32(output: Any) -> Any:
     return output
 
 
+def mixed_dtype_error(exc: RuntimeError, precision: str) -> RuntimeError:
+    """``exc`` from a backward, reworded when it is the mixed-dtype failure of autocast.
+
+    CUDA kernels such as ``mse_loss``'s backward refuse a low-precision input next to an fp32
+    one ("Found dtype Float but expected BFloat16"). The guard's hooks cast a model's outputs
+    to fp32, so this means the loss met a low-precision tensor some other way: an output the
+    cast cannot see into (an object that is not a tensor, tuple, list or dict), or a submodule
+    called directly, outside the model's forward.
+    """
+    if autocast_dtype(precision) is None or "Found dtype" not in str(exc):
+        return exc
+    first = str(exc).strip().splitlines()[0]
+    return RuntimeError(
+        f"precision {precision}: the loss mixes low-precision and fp32 tensors ({first}); "
+        "return the model's outputs as tensors, tuples, lists or dicts (the guard casts them to "
+        "fp32), or call .float() on them before the loss.")
+
+
 def make_grad_scaler(config: StabilityConfig, device_type: str) -> torch.amp.GradScaler | None:
     """A GradScaler for fp16, None otherwise (``fp16_noscale`` included: it has none)."""
     if config.precision != "fp16":

@@ -103,3 +103,26 @@ def test_a_user_model_returning_a_dict_trains_at_bf16() -> None:
     guard.step(nn.functional.mse_loss(out["pred"], torch.zeros(3, 4)))
     guard.close()
     assert guard.step_count == 1 and guard.skipped_count == 0
+
+
+class _RefusesMixedDtypes(torch.autograd.Function):
+    """A loss whose backward fails as CUDA's mse_loss does on bf16 next to fp32."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("Found dtype Float but expected BFloat16")
+
+
+def test_the_mixed_dtype_backward_error_names_the_fix() -> None:
+    model = nn.Linear(4, 4)
+    guard = StabilityGuard(model, StabilityConfig(precision="bf16"))
+    loss = _RefusesMixedDtypes.apply(model(torch.randn(2, 4)))
+    with pytest.raises(RuntimeError, match=r"precision bf16: the loss mixes .* \.float\(\)"):
+        guard.step(loss)
+    guard = StabilityGuard(model, StabilityConfig(precision="fp32"))
+    with pytest.raises(RuntimeError, match=r"^Found dtype Float"):  # fp32: left as it is
+        guard.step(_RefusesMixedDtypes.apply(model(torch.randn(2, 4))))
