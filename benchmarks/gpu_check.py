@@ -28,6 +28,7 @@ import argparse
 import gc
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -396,7 +397,8 @@ def sweep_rows(device: torch.device) -> list[list[Any]]:
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         return [["sweep", "4 workers x 0.25 GPU", f"FAIL (exit {proc.returncode})", tail[0]]]
-    finished = proc.stdout.count(" complete") + proc.stdout.count(" pruned")
+    match = re.search(r"trials\s+(\d+) finished", proc.stdout)
+    finished = int(match.group(1)) if match else 0
     use = statistics.mean(samples) if samples else float("nan")
     return [["sweep", "4 workers x 0.25 GPU, examples/quick.yaml", "ok",
              f"{elapsed:.0f} s, ~{finished / elapsed * 60:.1f} trials/min, mean GPU use "
