@@ -79,8 +79,9 @@ class SweepDisplay:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in event.params.items())
         value = (f" value {event.value:.4g}"
                  if event.value is not None and outcome is Outcome.COMPLETE else "")
+        skipped = f", {_plural(event.skipped, 'update')} skipped" if event.skipped else ""
         line = (f"trial {event.trial:>3} [{outcome.look.style}]{outcome:<9}[/]{value} "
-                f"({event.steps_run} steps, {event.wall_time_s:.1f} s) {params}")
+                f"({event.steps_run} steps{skipped}, {event.wall_time_s:.1f} s) {params}")
         if outcome is not Outcome.COMPLETE:
             line += f"\n            {event.reason}"
         self.console.print(line, highlight=False, soft_wrap=True)

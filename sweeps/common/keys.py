@@ -12,6 +12,7 @@ stabsweep.onset_step        step the explosion started (diagnosis), exploded tri
 stabsweep.first_layer       first layer to blow up (diagnosis), exploded trials
 stabsweep.diagnosis         Diagnosis.to_dict()
 stabsweep.steps_run         optimizer steps the trial ran (compute spent)
+stabsweep.skipped_updates   updates the guard dropped as spikes or non-finite (diagnosis)
 stabsweep.final_eval        last evaluation metrics {name: value}
 stabsweep.config            the StabilityConfig the trial ran, as a dict
 stabsweep.workload_args     workload arguments the trial ran with
@@ -38,6 +39,7 @@ ONSET_STEP = PREFIX + "onset_step"
 FIRST_LAYER = PREFIX + "first_layer"
 DIAGNOSIS = PREFIX + "diagnosis"
 STEPS_RUN = PREFIX + "steps_run"
+SKIPPED = PREFIX + "skipped_updates"
 FINAL_EVAL = PREFIX + "final_eval"
 CONFIG = PREFIX + "config"
 WORKLOAD_ARGS = PREFIX + "workload_args"

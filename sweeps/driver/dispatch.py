@@ -177,7 +177,7 @@ class Dispatcher:
         self.consecutive_failures = self.consecutive_failures + 1 if outcome.failed else 0
         self.emit(TrialEnded(item.trial.number, outcome, result.value, result.reason,
                              result.steps_run, dict(item.trial.params), result.wall_time_s,
-                             self.best_value()))
+                             self.best_value(), result.skipped_updates))
         return int(outcome.finished)
 
     # ------------------------------------------------------------------ trials that did not end

@@ -67,6 +67,8 @@ class TrialEnded:
     wall_time_s: float = 0.0
     best: float | None = None
     """the study's best value after this trial."""
+    skipped: int = 0
+    """updates the guard dropped and trained on past (a spike, a non-finite step)."""
 
 
 @dataclass(frozen=True, slots=True)

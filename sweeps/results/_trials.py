@@ -17,6 +17,7 @@ reason             why the trial ended this way (one line; a failure's last erro
 value              objective value (NaN unless COMPLETE)
 last_intermediate  last reported value (an exploded trial's is the ranking penalty)
 steps_run          optimizer steps the trial ran
+skipped_updates    updates the guard dropped (a spike, a non-finite step) and trained on past
 attempt, retry_of  1 for a first run; retries name the trial they repeat
 onset_step         explosion onset (exploded trials)
 first_layer        first layer to blow up (exploded trials)
@@ -51,6 +52,7 @@ __all__ = [
     "outcome_of",
     "param_column",
     "reason_of",
+    "skipped_of",
     "steps_accounting",
     "study_spec",
     "top_suggestion_of",
@@ -60,11 +62,11 @@ __all__ = [
 
 PARAM_PREFIX = "params_"
 BASE_COLUMNS = ("number", "state", "outcome", "reason", "value", "last_intermediate",
-                "steps_run", "attempt", "retry_of", "onset_step", "first_layer", "verdict_kind",
-                "wall_time_s", "exploded")
+                "steps_run", "skipped_updates", "attempt", "retry_of", "onset_step",
+                "first_layer", "verdict_kind", "wall_time_s", "exploded")
 RATED_OUTCOMES = tuple(o for o in Outcome if o.finished)
 """Trials that ran to an end the sweep chose: the denominator of an explosion rate."""
-_INT_COLUMNS = ("steps_run", "attempt", "retry_of", "onset_step")
+_INT_COLUMNS = ("steps_run", "skipped_updates", "attempt", "retry_of", "onset_step")
 
 
 # ------------------------------------------------------------------ one trial
@@ -75,6 +77,16 @@ def outcome_of(trial: optuna.trial.FrozenTrial) -> str:
     if recorded:
         return Outcome.parse(recorded) or str(recorded)
     return Outcome.of_state(trial.state.name)
+
+
+def skipped_of(trial: optuna.trial.FrozenTrial) -> int | None:
+    """Updates the guard dropped in the trial: its own attribute, else its diagnosis's count
+    (studies from before the attribute); None when neither is there."""
+    skipped = trial.user_attrs.get(keys.SKIPPED)
+    if skipped is None:
+        diagnosis = trial.user_attrs.get(keys.DIAGNOSIS)
+        skipped = diagnosis.get("skipped_count") if isinstance(diagnosis, dict) else None
+    return None if skipped is None else int(skipped)
 
 
 def reason_of(trial: optuna.trial.FrozenTrial) -> str:
@@ -151,7 +163,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "reason": reason_of(trial),
             "value": _number(trial.value) if trial.state.name == "COMPLETE" else math.nan,
             "last_intermediate": _number(last),
-            "steps_run": attrs.get(keys.STEPS_RUN), "attempt": attrs.get(keys.ATTEMPT, 1),
+            "steps_run": attrs.get(keys.STEPS_RUN), "skipped_updates": skipped_of(trial),
+            "attempt": attrs.get(keys.ATTEMPT, 1),
             "retry_of": attrs.get(keys.RETRY_OF),
             "onset_step": attrs.get(keys.ONSET_STEP) if outcome == Outcome.EXPLODED else None,
             "first_layer": first_layer_of(trial) if outcome == Outcome.EXPLODED else None,

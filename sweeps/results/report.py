@@ -60,7 +60,7 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
     ``counts`` ({"outcome": {...}, "state": {...}}), ``best`` ({number, value, params} of the
     best complete trial that did not explode, or None), ``savings`` (:func:`compute_savings`,
     None without a stored spec) and ``trials`` (per trial: number, state, outcome, why,
-    params, value, steps_run; NaN becomes None).
+    params, value, steps_run, skipped_updates; NaN becomes None).
     """
     from sweeps.results.export import best_trial
 
@@ -75,7 +75,9 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
             "number": trial.number, "state": trial.state.name, "outcome": row.outcome,
             "why": row.reason, "params": {k: _json_value(v) for k, v in trial.params.items()},
             "value": _json_value(float(row.value)),
-            "steps_run": None if pd.isna(row.steps_run) else int(row.steps_run)})
+            "steps_run": None if pd.isna(row.steps_run) else int(row.steps_run),
+            "skipped_updates": (None if pd.isna(row.skipped_updates)
+                                else int(row.skipped_updates))})
     return {
         "study": study.study_name,
         "direction": study.direction.name.lower(),
@@ -137,10 +139,17 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         outcome = escape(str(trial["outcome"]))
         table.add_row(f"{trial['number']}{'*' if trial['number'] == best_number else ''}",
                       f"[{style}]{outcome}[/]" if style else outcome, _fmt(trial["value"]),
-                      "" if trial["steps_run"] is None else str(trial["steps_run"]),
+                      _steps(trial),
                       escape("\n".join(f"{k}={_fmt(v)}" for k, v in trial["params"].items())),
                       escape(trial["why"] or ""))
     console.print(table)
+
+
+def _steps(trial: dict[str, Any]) -> str:
+    """Steps run, and the updates skipped on the way (``200, 1 skipped``)."""
+    steps = "" if trial["steps_run"] is None else str(trial["steps_run"])
+    skipped = trial.get("skipped_updates")
+    return f"{steps}, {skipped} skipped" if skipped else steps
 
 
 def _fmt(value: Any) -> str:

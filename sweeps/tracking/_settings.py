@@ -29,6 +29,7 @@ __all__ = [
     "TAG_PLACEHOLDER",
     "TAG_REASON",
     "TAG_RUN_COLOR",
+    "TAG_SKIPPED",
     "TAG_STATE",
     "TAG_STEPS_RUN",
     "TAG_STUDY",
@@ -70,6 +71,7 @@ TAG_STATE = "stabsweep.state"           # running, or the trial's Outcome (sweep
 TAG_EXPLODED = "stabsweep.exploded"     # "true" / "false"
 TAG_REASON = "stabsweep.reason"
 TAG_STEPS_RUN = "stabsweep.steps_run"   # optimizer steps run, as the study records them
+TAG_SKIPPED = "stabsweep.skipped_updates"  # updates the guard dropped and trained on past
 TAG_ONSET_STEP = "stabsweep.onset_step"
 TAG_FIRST_LAYER = "stabsweep.first_layer"
 TAG_VERDICT_KIND = "stabsweep.verdict_kind"

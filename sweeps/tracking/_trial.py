@@ -161,6 +161,7 @@ class TrialTracker:
         tags = {names.TAG_STATE: state, names.TAG_EXPLODED: "true" if exploded else "false",
                 names.TAG_REASON: str(outcome.reason)[:_MAX_TAG] or state,
                 names.TAG_STEPS_RUN: str(int(result.steps_run)),
+                names.TAG_SKIPPED: str(int(getattr(outcome, "skipped_updates", 0) or 0)),
                 names.TAG_RUN_COLOR: ended.look.color}
         onset = getattr(diagnosis, "onset_step", None)
         if exploded and onset is not None:
@@ -194,6 +195,8 @@ class TrialTracker:
             step = int(evaluation.get("step", result.steps_run))
             points += [[k, float(v), ts, step] for k, v in evaluation.items() if k != "step"]
         points.append(["steps_run", float(result.steps_run), ts, int(result.steps_run)])
+        points.append(["skipped_updates", float(getattr(outcome, "skipped_updates", 0) or 0),
+                       ts, int(result.steps_run)])
         points.append(["overflow_count", float(getattr(diagnosis, "overflow_count", 0) or 0),
                        ts, int(result.steps_run)])
         points.append(["train_time_s", float(result.wall_time_s), ts, int(result.steps_run)])

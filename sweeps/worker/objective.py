@@ -72,12 +72,15 @@ class TrialOutcome:
     wall_time_s: float = 0.0
     worker: dict[str, Any] = field(default_factory=dict)
     mlflow_run_id: str | None = None
+    skipped_updates: int = 0
+    """updates the guard dropped (a spike or a non-finite step) and trained on past."""
 
     def user_attrs(self) -> dict[str, Any]:
         attrs: dict[str, Any] = {
             keys.OUTCOME: self.outcome,
             keys.REASON: self.reason,
             keys.STEPS_RUN: self.steps_run,
+            keys.SKIPPED: self.skipped_updates,
             keys.WALL_TIME: round(self.wall_time_s, 3),
             keys.WORKER: self.worker,
         }
@@ -165,7 +168,8 @@ def run_trial(task: TrialTask, *, device: str = "cpu", info: dict[str, Any] | No
         task.trial_number, Outcome.COMPLETE, value, "", steps_run=result.steps_run,
         intermediate=intermediate, reported_by_worker=reporter is not None,
         diagnosis=result.diagnosis.to_dict(), final_eval=result.final_eval,
-        wall_time_s=time.perf_counter() - start, worker=info)
+        wall_time_s=time.perf_counter() - start, worker=info,
+        skipped_updates=int(getattr(result.diagnosis, "skipped_count", 0) or 0))
     if observer is not None and observer.verdict is not None and result.verdict is None:
         # ran on past a verdict: keep the trial's outcome, record the verdict and its onset
         from stability.diagnose import diagnose

@@ -69,3 +69,15 @@ def test_the_summary_adds_up_and_is_plain_lines_off_a_terminal() -> None:
     assert lines[0] == f" trials      {trials}"
     assert lines[1] == " best        no completed stable trial yet"
     assert all(line == line.rstrip() and not set(line) & set("│┃━─┏") for line in lines)
+
+
+def test_a_trial_line_counts_its_skipped_updates() -> None:
+    """Issue 22 item 6: the console left out updates the guard dropped."""
+    display, console = _display()
+    display(TrialEnded(12, Outcome.COMPLETE, 0.5, "completed 200 steps", 200, {"lr": 0.1}, 0.5,
+                       0.5, skipped=1))
+    display(TrialEnded(13, Outcome.COMPLETE, 0.5, "completed 200 steps", 200, {"lr": 0.1}, 0.5,
+                       0.5, skipped=3))
+    text = console.export_text()
+    assert "(200 steps, 1 update skipped, 0.5 s)" in text
+    assert "(200 steps, 3 updates skipped, 0.5 s)" in text

@@ -128,3 +128,19 @@ def test_report_html_renders_its_figures_inline(tmp_path: Path) -> None:
     assert page.count('src="data:image/png;base64,') == len(figures) >= 2
     assert "![" not in page and "](history.png)" not in page
     assert "<table>" in page and "<h2>Summary</h2>" in page
+
+
+def test_status_counts_skipped_updates() -> None:
+    """Issue 22 item 6: status and status --json said "completed 200 steps" and nothing of the
+    update the guard dropped at step 194. From the trial's attribute, or its diagnosis."""
+    from rich.console import Console
+
+    trials = [(*TRIALS[0][:6], {keys.SKIPPED: 1}),
+              (*TRIALS[1][:6], {keys.DIAGNOSIS: {"skipped_count": 2}}), *TRIALS[2:]]
+    status = study_status(make_study(trials))
+    json.dumps(status, allow_nan=False)
+    assert [t["skipped_updates"] for t in status["trials"][:3]] == [1, 2, None]
+    console = Console(record=True, width=200)
+    render_status(status, console)
+    text = console.export_text()
+    assert "200, 1 skipped" in text and "200, 2 skipped" in text

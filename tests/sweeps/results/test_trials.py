@@ -49,8 +49,8 @@ def test_trials_frame_columns_and_values() -> None:
     df = trials_frame(make_study())
     assert list(df.columns) == [
         "number", "state", "outcome", "reason", "value", "last_intermediate", "steps_run",
-        "attempt", "retry_of", "onset_step", "first_layer", "verdict_kind", "wall_time_s",
-        "exploded", "params_lr", "params_clip_method", "params_clip_threshold",
+        "skipped_updates", "attempt", "retry_of", "onset_step", "first_layer", "verdict_kind",
+        "wall_time_s", "exploded", "params_lr", "params_clip_method", "params_clip_threshold",
         "params_warmup_steps"]
     assert df["number"].tolist() == list(range(9))
     assert df["outcome"].tolist() == ["complete"] * 3 + ["exploded"] * 3 + [

@@ -85,3 +85,17 @@ def test_slow_store_never_blocks_training_and_drops_nothing(
     assert calls and tracker.stats.blocked == 0
     assert [s for s, _ in history(client, run_id, "grad_norm/global")] == list(range(400))
     assert tracker.stats.values_lost == 0
+
+
+def test_skipped_updates_are_tagged_and_logged(study: StudyTracker) -> None:
+    """Issue 22 item 6: an update the guard dropped showed only in trace.parquet."""
+    client = client_for(study.sink.uri)
+    records, trace = synthetic(40)
+    run_id = study.create_trial_run(0, STABLE)
+    tracker = TrialTracker(settings_for(study, run_id), trial_number=0)
+    tracker.on_sync(records)
+    outcome = TrialOutcome(0, Outcome.COMPLETE, 0.5, "completed 40 steps", steps_run=40,
+                           skipped_updates=2)
+    tracker.finish(fake_result(trace, None), outcome)
+    assert client.get_run(run_id).data.tags["stabsweep.skipped_updates"] == "2"
+    assert dict(history(client, run_id, "skipped_updates")) == {40: 2.0}

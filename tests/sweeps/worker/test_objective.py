@@ -215,10 +215,12 @@ def test_user_attrs_of_a_complete_trial() -> None:
     outcome = TrialOutcome(5, Outcome.COMPLETE, 0.25, "completed 40 steps", steps_run=40,
                            final_eval={"eval_loss": 0.25, "accuracy": 0.9},
                            diagnosis={"exploded": False, "onset_step": None},
-                           wall_time_s=1.23456, worker={"node": "n", "pid": 2})
+                           wall_time_s=1.23456, worker={"node": "n", "pid": 2},
+                           skipped_updates=1)
     attrs = outcome.user_attrs()
     assert attrs == {
         keys.OUTCOME: "complete", keys.REASON: "completed 40 steps", keys.STEPS_RUN: 40,
+        keys.SKIPPED: 1,  # issue 22 item 6: a dropped update is counted in the study
         keys.WALL_TIME: 1.235, keys.WORKER: {"node": "n", "pid": 2},
         keys.FINAL_EVAL: {"eval_loss": 0.25, "accuracy": 0.9},
         keys.DIAGNOSIS: {"exploded": False, "onset_step": None}}
