@@ -134,6 +134,36 @@ class WorkerPool:
         self.slots = []
 
 
+def short_ray_errors() -> None:
+    """Keep each error line Ray's driver prints from the raylet to its first sentence.
+
+    A worker killed mid-trial made Ray print ~1,000 characters into the sweep's output
+    (``(raylet) A worker died or was killed ... (1) The process is killed by SIGKILL by OOM
+    killer ...``); the sweep says the same in one line (``worker_lost``, retried). Ray has no
+    setting for it: its error listener prints through ``ray._private.worker.print_to_stdstream``,
+    which this wraps (once; a Ray without it is left alone)."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        return
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "stabsweep_short", False):
+        return
+
+    def shortened(data: dict[str, Any], ignore_prefix: bool) -> Any:
+        if data.get("pid") == "raylet":
+            data = {**data, "lines": [_first_sentence(str(line)) for line in data["lines"]]}
+        return original(data, ignore_prefix)
+
+    shortened.stabsweep_short = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = shortened
+
+
+def _first_sentence(line: str, limit: int = 160) -> str:
+    first = line.split(". ", 1)[0].strip()
+    return first if len(first) <= limit else first[:limit - 3] + "..."
+
+
 def plain_ray_output(streams: tuple[Any, ...] | None = None) -> None:
     """No ANSI colour codes in what Ray prints (``(raylet) A worker died...``) when the output
     is not a terminal: Ray colours its prefixes unless ``RAY_COLOR_PREFIX=0``, read when it
@@ -152,6 +182,7 @@ def init_ray(address: str | None, *, workers: int | None, cpus_per_trial: float,
 
     started = False
     plain_ray_output()
+    short_ray_errors()
     if not ray.is_initialized():
         env = {"PYTHONPATH": os.pathsep.join(p for p in [os.getcwd(), *sys.path] if p)}
         ray.init(address=address, include_dashboard=False, log_to_driver=False,

@@ -329,3 +329,24 @@ def test_workers_that_keep_failing_to_start_are_a_resource_error(local_ray: Any)
         assert pool.start_failures == pool.max_start_failures + 1 == 5
     finally:
         pool.shutdown()
+
+
+def test_ray_error_lines_are_kept_to_their_first_sentence(monkeypatch) -> None:
+    """Issue 22 item 9: a worker killed -9 put Ray's ~1,000-character raylet line into the
+    sweep's output; the sweep's own worker_lost line says it."""
+    from ray._private import worker as ray_worker
+
+    from sweeps.worker.pool import short_ray_errors
+
+    printed: list[dict] = []
+    monkeypatch.setattr(ray_worker, "print_to_stdstream",
+                        lambda data, ignore_prefix: printed.append(data))
+    short_ray_errors()
+    short_ray_errors()  # wraps once
+    long = ("A worker died or was killed while executing a task by an unexpected system error. "
+            "To troubleshoot the problem, check the logs for the dead worker. " + "x" * 900)
+    ray_worker.print_to_stdstream({"lines": [long], "pid": "raylet", "is_err": False}, False)
+    ray_worker.print_to_stdstream({"lines": [long], "pid": 1234, "is_err": False}, False)
+    assert printed[0]["lines"] == ["A worker died or was killed while executing a task by an "
+                                   "unexpected system error"]
+    assert printed[1]["lines"] == [long]  # a worker's own output is left alone
