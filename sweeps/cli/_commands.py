@@ -239,8 +239,12 @@ def train(
                               eval_every=eval_every, workload_args=plan.workload_args)
     except OptionError as exc:
         fail_sweep(exc)
-    except (ConfigError, WorkloadError) as exc:
-        fail(f"{config}: {exc}" if isinstance(exc, ConfigError) else str(exc))
+    except ConfigError as exc:
+        fail(f"{config}: {exc}")
+    except WorkloadError as exc:
+        from sweeps.driver import missing_factory
+
+        fail(missing_factory(workload or plan.workload, str(exc)) or str(exc))
     if out is not None:
         result.save(out)
     if as_json:

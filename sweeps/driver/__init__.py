@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         TrialRecovered,
     )
     from sweeps.driver.options import RunOptions
+    from sweeps.driver.preflight import missing_factory
     from sweeps.driver.runner import run_sweep
     from sweeps.driver.summary import SweepSummary
 
@@ -40,6 +41,7 @@ _WHERE = {
     "TrialEnded": "sweeps.driver.events",
     "TrialRecovered": "sweeps.driver.events",
     "RunOptions": "sweeps.driver.options",
+    "missing_factory": "sweeps.driver.preflight",
     "run_sweep": "sweeps.driver.runner",
     "SweepSummary": "sweeps.driver.summary",
 }
@@ -56,6 +58,7 @@ __all__ = [
     "TrialDispatched",
     "TrialEnded",
     "TrialRecovered",
+    "missing_factory",
     "run_sweep",
 ]
 

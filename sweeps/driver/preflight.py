@@ -21,7 +21,7 @@ from sweeps.common import SweepError
 from sweeps.driver.options import RunOptions
 from sweeps.spec import CategoricalParam, SpecError, SweepSpec
 
-__all__ = ["check_tracking", "preflight", "workload_arg_values"]
+__all__ = ["check_tracking", "missing_factory", "preflight", "workload_arg_values"]
 
 
 def preflight(spec: SweepSpec, options: RunOptions | None = None) -> None:
@@ -76,18 +76,24 @@ def _workload_problem(spec: SweepSpec, message: str) -> str:
     if len(named) == 1:
         return (f"workload.args.{named[0]}: {message.rstrip('.')}; fix workload.args."
                 f"{named[0]} in the spec")
-    module_name, _, attr = spec.workload.name.partition(":")
-    if attr and "has no attribute" in message:
-        try:
-            module = importlib.import_module(module_name)
-        except Exception:
-            return f"workload.name: {message}"
-        found = sorted(n for n, v in vars(module).items() if callable(v) and not
-                       n.startswith("_") and getattr(v, "__module__", None) == module.__name__)
-        return (f"workload.name: {module_name!r} has no factory {attr!r}; name one it defines "
-                f"({', '.join(found) or 'none'}) as {module_name}:<name>, or define "
-                f"{attr}(seed=0, device='cpu', **args) in {module_name}")
-    return f"workload.name: {message}"
+    return f"workload.name: {missing_factory(spec.workload.name, message) or message}"
+
+
+def missing_factory(workload: str, message: str) -> str | None:
+    """For a ``module:factory`` whose module lacks the factory (``message`` says "has no
+    attribute"): what the module defines and how to name or define one; else None."""
+    module_name, _, attr = workload.partition(":")
+    if not attr or "has no attribute" not in message:
+        return None
+    try:
+        module = importlib.import_module(module_name)
+    except Exception:
+        return None
+    found = sorted(n for n, v in vars(module).items() if callable(v) and not
+                   n.startswith("_") and getattr(v, "__module__", None) == module.__name__)
+    return (f"{module_name!r} has no factory {attr!r}; name one it defines "
+            f"({', '.join(found) or 'none'}) as {module_name}:<name>, or define "
+            f"{attr}(seed=0, device='cpu', **args) in {module_name}")
 
 
 def _blame_first_value(spec: SweepSpec, base: dict[str, Any],

@@ -35,3 +35,19 @@ def test_a_missing_factory_lists_what_the_module_defines(tmp_path: Path,
     assert str(info.value) == (
         "workload.name: 'preflight_wl' has no factory 'nope'; name one it defines (make, other)"
         " as preflight_wl:<name>, or define nope(seed=0, device='cpu', **args) in preflight_wl")
+
+
+def test_train_says_the_same_of_a_missing_factory(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from sweeps.cli import app
+
+    (tmp_path / "train_wl.py").write_text("def make(seed=0, device='cpu'):\n    pass\n")
+    (tmp_path / "c.yaml").write_text("lr: 0.01\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml"), "-w", "train_wl:nope",
+                                      "--steps", "2"])
+    assert result.exit_code == 2, result.output
+    assert ("'train_wl' has no factory 'nope'; name one it defines (make) as train_wl:<name>"
+            in " ".join(result.output.split()))
