@@ -152,8 +152,9 @@ def lead_frontier(tuner: Tuner, idx: Sequence[int], name: str) -> list[list[Any]
 
 
 def warning_before_blowup(runs: Sequence[Run], idx: Sequence[int], name: str) -> list[Any]:
-    """How much warning the gradients give: the global norm one step before the blow-up over
-    its median of the 20 steps before that, on exploded runs that blow up after step 20."""
+    """How much warning the gradients give: when the exploded runs blow up (step 1 is the
+    first update's loss: nothing came before it to warn), and for those that blow up after
+    step 20, the global norm one step before the blow-up over its median of the 20 before."""
     ratios = []
     for i in idx:
         run = runs[i]
@@ -165,8 +166,9 @@ def warning_before_blowup(runs: Sequence[Run], idx: Sequence[int], name: str) ->
             norms[:-1]).any() else np.nan
         ratios.append(norms[-1] / base if base > 0 and np.isfinite(norms[-1]) else np.inf)
     r = np.array(ratios)
-    early = sum(runs[i].label == "exploded" and (runs[i].blowup_step or 0) < 21 for i in idx)
-    return [name, f"{len(r)} (+{early} before step 21)",
+    blowups = [runs[i].blowup_step or 0 for i in idx if runs[i].label == "exploded"]
+    return [name, len(blowups), sum(b <= 1 for b in blowups), sum(b <= 5 for b in blowups),
+            sum(b < 21 for b in blowups), len(r),
             *(f"{int((r >= k).sum())} ({100 * (r >= k).mean():.0f}%)" if r.size else "-"
               for k in (2.0, 3.0, 10.0)), f"{np.median(r):.2f}" if r.size else "-"]
 
@@ -255,9 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     lrows = lead_frontier(tuners["stop"], tune_idx, "tune")
     lrows += lead_frontier(tuners["stop"], held_idx, "held out")
     print(table(["rule", "ahead of blow-up", "share", "false flags", "rate"], lrows))
-    print("\nWarning in the gradients: the global norm one step before the blow-up over its "
-          "median of the 20 steps before (stop traces, exploded runs):")
-    print(table(["split", "exploded runs", ">= 2x", ">= 3x", ">= 10x", "median ratio"],
+    print("\nWarning in the gradients (stop traces, exploded runs): when they blow up, and for "
+          "those after step 20, the global norm one step before the blow-up over its median "
+          "of the 20 steps before:")
+    print(table(["split", "exploded", "blow up at step 1", "by step 5", "before step 21",
+                 "after", "of those: >= 2x", ">= 3x", ">= 10x", "median ratio"],
                 [warning_before_blowup(runs, tune_idx, "tune"),
                  warning_before_blowup(runs, held_idx, "held out")]))
 

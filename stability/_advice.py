@@ -169,9 +169,9 @@ def suggest_for_stall(diag: Diagnosis, frame: pd.DataFrame,
         lr = float(lr_col[at]) if math.isfinite(lr_col[at]) and lr_col[at] > 0 else peak_lr
         if math.isfinite(lr) and lr > 0:
             ranked.append((90, Suggestion(
-                "lr", f"lower the lr to {_sig(lr / 3, 2):g}: a gradient spike "
-                f"({diag.spike_ratio:.3g}x the median norm at step {diag.spike_step}, lr "
-                f"{lr:.3g}) left the run stuck", {"lr": _sig(lr / 3, 2)})))
+                "lr", f"lower the lr to {_sig(lr / 3, 2):g}: at lr {lr:.3g} the gradient "
+                f"norm spiked to {diag.spike_ratio:.3g}x its median (step {diag.spike_step})",
+                {"lr": _sig(lr / 3, 2)})))
         before = norm[:at][finite[:at]]
         if before.size >= 5 and not adaptive and (cfg.clip_method != "norm" or config is None):
             p90 = _sig(float(np.percentile(before, 90)))

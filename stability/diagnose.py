@@ -33,7 +33,7 @@ losses), or of the constant-prediction ``baseline`` when one is given. Chosen by
 ``benchmarks/never_learned.py`` on the built-in families and scaled_mlp (the largest recall
 with at most 2 % of the runs that learned called "never learned", the label being the eval
 loss above 0.9x a constant prediction's): there 11 of 30 caught, 1 of 78 wrongly; on the five
-held-out families 14 of 21 caught, 6 of 106 wrongly (4 of them attention runs that ended at
+held-out families 14 of 21 caught, 6 of 106 wrongly (5 of them attention runs that ended at
 0.8x the constant's loss). Runs whose loss starts far above the constant prediction (a large
 init) end far below their start however little they learned: only ``baseline`` finds them."""
 _LATE = 0.25  # the last quarter of the steps: "after most of its steps"

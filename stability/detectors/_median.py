@@ -20,7 +20,7 @@ class MedianRatioDetector(Detector):
 
     kind = "median_ratio"
 
-    def __init__(self, window: int = 64, ratio: float = 10.0, patience: int = 5,
+    def __init__(self, window: int = 64, ratio: float = 20.0, patience: int = 3,
                  warmup: int = 32) -> None:
         self.window = checked_number(self, "window", window, integer=True, minimum=3)
         self.ratio = checked_number(self, "ratio", ratio, above=1.0)
