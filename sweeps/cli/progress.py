@@ -78,11 +78,11 @@ class SweepDisplay:
         self.best = event.best
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in event.params.items())
         value = (f" value {event.value:.4g}"
-                 if event.value is not None and outcome is Outcome.COMPLETE else "")
+                 if event.value is not None and outcome.completed else "")
         skipped = f", {_plural(event.skipped, 'update')} skipped" if event.skipped else ""
         line = (f"trial {event.trial:>3} [{outcome.look.style}]{outcome:<9}[/]{value} "
                 f"({event.steps_run} steps{skipped}, {event.wall_time_s:.1f} s) {params}")
-        if outcome is not Outcome.COMPLETE:
+        if not outcome.completed:  # a rescued trial's cost is its skipped count, shown
             line += f"\n            {event.reason}"
         self.console.print(line, highlight=False, soft_wrap=True)
         if self.progress is not None:
@@ -110,6 +110,11 @@ def summary_rows(summary: SweepSummary) -> list[tuple[str, str]]:
     if others:
         trials += f"; not counted: {', '.join(f'{k} {v}' for k, v in sorted(others.items()))}"
     rows = [("trials", trials)]
+    rescued = summary.count(Outcome.RESCUED)
+    if rescued:
+        rows.append(("rescued", f"{rescued} trial{'s' if rescued != 1 else ''} trained on to the "
+                                f"end after {summary.rescued_skipped} skipped "
+                                f"update{'s' if summary.rescued_skipped != 1 else ''}"))
     if summary.best:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in summary.best["params"].items())
         rows += [("best", f"trial {summary.best['number']}: {summary.best['value']:.5g}"),

@@ -10,6 +10,7 @@ mapping in every module that shows a trial.
 outcome          state     finished  retried  meaning
 ===============  ========  ========  =======  ================================================
 complete         COMPLETE  yes       no       ran all its steps, no explosion
+rescued          COMPLETE  yes       no       ran all its steps after the guard skipped updates
 exploded         PRUNED    yes       no       a detector fired: stopped at once, penalised
 slow             PRUNED    yes       no       Optuna's pruner stopped a stable trial
 failed           FAIL      no        no       the workload raised (traceback kept)
@@ -42,6 +43,7 @@ class Look:
 
 class Outcome(StrEnum):
     COMPLETE = "complete"
+    RESCUED = "rescued"
     EXPLODED = "exploded"
     SLOW = "slow"
     FAILED = "failed"
@@ -54,6 +56,11 @@ class Outcome(StrEnum):
     def state(self) -> str:
         """The Optuna ``TrialState`` name the driver tells for it."""
         return _STATE[self]
+
+    @property
+    def completed(self) -> bool:
+        """Ran every step and has an objective value (COMPLETE: complete or rescued)."""
+        return self.state == "COMPLETE"
 
     @property
     def finished(self) -> bool:
@@ -89,7 +96,8 @@ class Outcome(StrEnum):
             return None
 
 
-_STATE = {Outcome.COMPLETE: "COMPLETE", Outcome.EXPLODED: "PRUNED", Outcome.SLOW: "PRUNED",
+_STATE = {Outcome.COMPLETE: "COMPLETE", Outcome.RESCUED: "COMPLETE", Outcome.EXPLODED: "PRUNED",
+          Outcome.SLOW: "PRUNED",
           Outcome.FAILED: "FAIL", Outcome.WORKER_LOST: "FAIL", Outcome.INTERRUPTED: "FAIL",
           Outcome.RUNNING: "RUNNING", Outcome.WAITING: "WAITING"}
 _FROM_STATE = {"COMPLETE": Outcome.COMPLETE, "PRUNED": Outcome.SLOW, "FAIL": Outcome.FAILED,
@@ -97,6 +105,7 @@ _FROM_STATE = {"COMPLETE": Outcome.COMPLETE, "PRUNED": Outcome.SLOW, "FAIL": Out
 _GREY = "#868e96"
 _LOOK = {
     Outcome.COMPLETE: Look("green", "#2f9e44", "FINISHED"),
+    Outcome.RESCUED: Look("blue", "#1971c2", "FINISHED"),
     Outcome.EXPLODED: Look("bold red", "#e03131", "KILLED"),
     Outcome.SLOW: Look("yellow", "#f08c00", "FINISHED"),
     Outcome.FAILED: Look("magenta", _GREY, "FAILED"),

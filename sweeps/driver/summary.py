@@ -31,6 +31,8 @@ class SweepSummary:
     wall_time_s: float
     mlflow_url: str | None = None
     trials_this_run: int = 0
+    rescued_skipped: int = 0
+    """updates the guard skipped in the rescued trials: what rescuing them cost."""
 
     @property
     def steps_saved(self) -> float:
@@ -46,10 +48,12 @@ def summarize(study: optuna.Study, *, steps: int, storage: str, started: float,
     (``time.perf_counter()``)."""
     trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
-    run = budget = finished = 0
+    run = budget = finished = rescued_skipped = 0
     for t in trials:
         outcome = outcome_of(t)
         counts[outcome] = counts.get(outcome, 0) + 1
+        if outcome == Outcome.RESCUED:
+            rescued_skipped += int(t.user_attrs.get(keys.SKIPPED) or 0)
         if t.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
         finished += t.state in (TrialState.COMPLETE, TrialState.PRUNED)
@@ -62,4 +66,5 @@ def summarize(study: optuna.Study, *, steps: int, storage: str, started: float,
     return SweepSummary(
         study=study.study_name, storage=storage, n_trials=finished, counts=counts, best=best,
         steps_run=run, steps_budget=budget, wall_time_s=time.perf_counter() - started,
-        mlflow_url=mlflow_url, trials_this_run=trials_this_run)
+        mlflow_url=mlflow_url, trials_this_run=trials_this_run,
+        rescued_skipped=rescued_skipped)

@@ -38,7 +38,7 @@ def tell_outcome(study: optuna.Study, trial: optuna.Trial, result: TrialOutcome)
         last = max((step for step, _ in result.intermediate), default=-1)
         sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
         trial.report(sign * PENALTY, max(result.steps_run, last + 1))
-    value = result.value if outcome is Outcome.COMPLETE else None
+    value = result.value if outcome.completed else None
     study.tell(trial, value, state=TrialState[outcome.state], skip_if_finished=True)
     return outcome
 

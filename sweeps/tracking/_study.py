@@ -19,6 +19,7 @@ creating the experiment and the study's run: :mod:`sweeps.tracking._experiment`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -332,15 +333,19 @@ class StudyTracker:
         metric, direction = self.objective
         try:
             client = self.sink.client
-            found = client.search_runs(
-                [self.experiment_id],
-                f"tags.`{names.TAG_KIND}` = 'trial' and tags.`{names.TAG_STATE}` = "
-                f"'{Outcome.COMPLETE}' and tags.`{names.TAG_PARENT}` = '{self.parent_run_id}'",
-                order_by=[f"metrics.`{metric}` {'ASC' if direction == 'minimize' else 'DESC'}"],
-                max_results=1)
+            found = [run for outcome in (Outcome.COMPLETE, Outcome.RESCUED)
+                     for run in client.search_runs(
+                         [self.experiment_id],
+                         f"tags.`{names.TAG_KIND}` = 'trial' and tags.`{names.TAG_STATE}` = "
+                         f"'{outcome}' and tags.`{names.TAG_PARENT}` = '{self.parent_run_id}'",
+                         order_by=[f"metrics.`{metric}` "
+                                   f"{'ASC' if direction == 'minimize' else 'DESC'}"],
+                         max_results=1)]
+            found = [r for r in found if isinstance(r.data.metrics.get(metric), float)] or found
             if not found:
                 return
-            best = found[0]
+            sign = 1.0 if direction == "minimize" else -1.0
+            best = min(found, key=lambda r: sign * r.data.metrics.get(metric, sign * math.inf))
             value = best.data.metrics.get(metric)
             shown = f"{value:.6g}" if isinstance(value, float) else "n/a"
             url = f"#/experiments/{self.experiment_id}/runs/{best.info.run_id}"

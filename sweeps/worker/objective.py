@@ -193,6 +193,13 @@ def run_trial(task: TrialTask, *, device: str = "cpu", info: dict[str, Any] | No
         # Diverged without tripping a detector (e.g. NaN eval): still an explosion.
         outcome.outcome, outcome.value = Outcome.EXPLODED, sign * PENALTY
         outcome.reason = f"exploded: final {task.metric} is {value}"
+    elif outcome.skipped_updates > 0:
+        # ran every step, but only because the guard dropped updates on the way (whether it
+        # also learned is the diagnosis's to say: never_learned or rescued)
+        outcome.outcome = Outcome.RESCUED
+        outcome.reason = (f"rescued: completed {result.steps_run} steps after "
+                          f"{outcome.skipped_updates} skipped update(s), the first at step "
+                          f"{result.diagnosis.first_skipped_step}")
     else:
         outcome.reason = f"completed {result.steps_run} steps"
     if tracker is not None:

@@ -81,3 +81,21 @@ def test_a_trial_line_counts_its_skipped_updates() -> None:
     text = console.export_text()
     assert "(200 steps, 1 update skipped, 0.5 s)" in text
     assert "(200 steps, 3 updates skipped, 0.5 s)" in text
+
+
+def test_a_rescued_trial_shows_its_value_and_the_summary_its_cost() -> None:
+    """Issue 20: a trial the guard kept alive by skipping updates is neither complete nor
+    exploded; the summary says how many were rescued and how many updates it cost."""
+    display, console = _display()
+    display(TrialEnded(7, Outcome.RESCUED, 0.25, "rescued: completed 200 steps after 3 skipped "
+                       "update(s), the first at step 40", 200, {"lr": 0.1}, 0.5, 0.25,
+                       skipped=3))
+    text = console.export_text()
+    assert "trial   7 rescued   value 0.25 (200 steps, 3 updates skipped, 0.5 s)" in text
+    assert display.finished == 1
+    summary = SweepSummary(study="s", storage="x", n_trials=4,
+                           counts={"complete": 2, "rescued": 2}, best=None, steps_run=8,
+                           steps_budget=8, wall_time_s=1.0, rescued_skipped=5)
+    rows = dict(summary_rows(summary))
+    assert rows["trials"] == "4 finished (complete 2, rescued 2)"
+    assert rows["rescued"] == "2 trials trained on to the end after 5 skipped updates"

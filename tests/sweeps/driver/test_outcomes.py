@@ -4,6 +4,7 @@ the driver records for it."""
 from __future__ import annotations
 
 import json
+import time
 
 import optuna
 import pytest
@@ -11,6 +12,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from sweeps.common import Outcome, keys
+from sweeps.driver.summary import summarize
 from sweeps.driver.tell import tell_lost, tell_outcome
 from sweeps.worker import PENALTY, TrialOutcome
 
@@ -19,12 +21,15 @@ DIST = {"lr": FloatDistribution(1e-3, 1.0, log=True)}
 
 def test_each_outcome_has_a_state_and_a_look() -> None:
     states = {o: o.state for o in Outcome}
-    assert states == {Outcome.COMPLETE: "COMPLETE", Outcome.EXPLODED: "PRUNED",
+    assert states == {Outcome.COMPLETE: "COMPLETE", Outcome.RESCUED: "COMPLETE",
+                      Outcome.EXPLODED: "PRUNED",
                       Outcome.SLOW: "PRUNED", Outcome.FAILED: "FAIL",
                       Outcome.WORKER_LOST: "FAIL", Outcome.INTERRUPTED: "FAIL",
                       Outcome.RUNNING: "RUNNING", Outcome.WAITING: "WAITING"}
-    assert [o for o in Outcome if o.finished] == [Outcome.COMPLETE, Outcome.EXPLODED,
-                                                  Outcome.SLOW]
+    assert [o for o in Outcome if o.finished] == [Outcome.COMPLETE, Outcome.RESCUED,
+                                                  Outcome.EXPLODED, Outcome.SLOW]
+    assert [o for o in Outcome if o.completed] == [Outcome.COMPLETE, Outcome.RESCUED]
+    assert Outcome.RESCUED.look.mlflow_status == "FINISHED"
     assert [o for o in Outcome if o.retried] == [Outcome.WORKER_LOST, Outcome.INTERRUPTED]
     assert Outcome.EXPLODED.look.mlflow_status == "KILLED"       # the red run in MLflow
     assert Outcome.INTERRUPTED.look.mlflow_status == "KILLED"
@@ -87,3 +92,21 @@ def test_a_lost_trial_keeps_why_and_the_steps_it_ran() -> None:
                                                keys.WALL_TIME)} == {
         keys.OUTCOME: "worker_lost", keys.REASON: "worker lost", keys.STEPS_RUN: 12,
         keys.WALL_TIME: 1.235}
+
+
+def test_a_rescued_trial_is_complete_with_its_value_and_its_own_word() -> None:
+    study = optuna.create_study()
+    trial = study.ask(DIST)
+    result = TrialOutcome(trial.number, Outcome.RESCUED, 0.25, "rescued: 1 skipped update",
+                          steps_run=40, skipped_updates=1)
+    assert tell_outcome(study, trial, result) is Outcome.RESCUED
+    frozen = study.trials[0]
+    assert (frozen.state, frozen.value) == (TrialState.COMPLETE, 0.25)
+    assert frozen.user_attrs[keys.OUTCOME] == "rescued"
+    assert study.best_trial.number == trial.number
+    again = study.ask(DIST)
+    tell_outcome(study, again, TrialOutcome(again.number, Outcome.RESCUED, 0.5, "rescued",
+                                            steps_run=40, skipped_updates=4))
+    summary = summarize(study, steps=40, storage="mem", started=time.perf_counter())
+    assert summary.counts == {"rescued": 2} and summary.rescued_skipped == 5
+    assert summary.best is not None and summary.best["number"] == trial.number

@@ -47,6 +47,48 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         sys.modules.pop(SCRIPTED, None)
 
 
+SPIKY = "stabsweep_spiky_workload"
+SPIKY_MODULE = '''
+from stability.workloads import load_workload
+
+
+def make(seed=0, device="cpu", at=30, **args):
+    """deep_mlp whose batch number ``at`` has its inputs x1000: one gradient spike."""
+    inner = load_workload("deep_mlp", seed=seed, device=device, **args)
+
+    class Spiky:
+        name = "spiky"
+
+        def model(self):
+            return inner.model()
+
+        def batches(self):
+            for i, (x, y) in enumerate(inner.batches()):
+                yield (x * 1000.0 if i == at else x), y
+
+        def loss(self, model, batch):
+            return inner.loss(model, batch)
+
+        def evaluate(self, model):
+            return inner.evaluate(model)
+
+    return Spiky()
+'''
+
+
+@pytest.fixture(scope="module")
+def spiky(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A deep_mlp with one batch of inputs 1000x too large: the guard skips its update."""
+    folder = tmp_path_factory.mktemp("spiky")
+    (folder / f"{SPIKY}.py").write_text(SPIKY_MODULE)
+    sys.path.insert(0, str(folder))
+    try:
+        yield f"{SPIKY}:make"
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop(SPIKY, None)
+
+
 def task(config: dict[str, Any], *, workload: str = "deep_mlp",
          workload_args: dict[str, Any] | None = None, **overrides: Any) -> TrialTask:
     fields: dict[str, Any] = {
@@ -82,6 +124,20 @@ def test_a_stable_trial_completes_with_its_eval_and_progress() -> None:
     assert outcome.diagnosis is not None and outcome.diagnosis["exploded"] is False
     assert outcome.worker == info and outcome.wall_time_s > 0
     assert outcome.mlflow_run_id is None  # no tracking asked for
+
+
+def test_a_trial_that_trained_on_past_a_skipped_update_is_rescued(spiky: str) -> None:
+    """Issue 20: neither complete nor exploded; its value counts, its cost is shown."""
+    outcome = run_trial(task({"lr": 1e-2}, workload=spiky), info=worker_info("cpu", 1))
+    assert outcome.outcome == "rescued" and outcome.skipped_updates == 1
+    assert outcome.reason == "rescued: completed 40 steps after 1 skipped update(s), the first " \
+                             "at step 30"
+    assert math.isfinite(outcome.value) and outcome.value == outcome.final_eval["eval_loss"]
+    attrs = json_safe(outcome.user_attrs())
+    assert attrs[keys.OUTCOME] == "rescued" and attrs[keys.SKIPPED] == 1
+    plain = run_trial(task({"lr": 1e-2, "on_spike": "stop"}, workload=spiky),
+                      info=worker_info("cpu", 1))
+    assert plain.outcome == "exploded"  # the same spike stops a run that does not skip
 
 
 def test_the_same_task_gives_the_same_value() -> None:
