@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from sweeps.common import keys
 from sweeps.driver.events import EventHandler, SweepWarning
 
-__all__ = ["expected_runs", "make_tracking_agree"]
+__all__ = ["expected_runs", "live_runs", "make_tracking_agree"]
 
 _ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -37,13 +37,24 @@ def expected_runs(study: optuna.Study) -> dict[str, tuple[str, int | None, str]]
     return out
 
 
-def make_tracking_agree(study: optuna.Study, tracker: Any, emit: EventHandler) -> int:
-    """Correct the runs that disagree with the study; how many were corrected. The store
-    being unreachable is a warning: the study stays right, the runs are fixed next time."""
+def live_runs(study: optuna.Study) -> list[str]:
+    """The runs of trials still running (on a database server: another driver's)."""
+    return [str(t.user_attrs[keys.MLFLOW_RUN]) for t in study.get_trials(
+        deepcopy=False, states=(TrialState.RUNNING,)) if t.user_attrs.get(keys.MLFLOW_RUN)]
+
+
+def make_tracking_agree(study: optuna.Study, tracker: Any, emit: EventHandler, *,
+                        shared: bool = False) -> int:
+    """Correct the runs that disagree with the study; how many were corrected. A run left
+    RUNNING that no trial records (the driver stopped between creating it and recording it)
+    is ended too, except on a database server (``shared``), where another driver may be
+    between those two steps now. The store being unreachable is a warning: the study stays
+    right, the runs are fixed next time."""
     if not tracker.enabled:
         return 0
     try:
-        return int(tracker.reconcile(expected_runs(study)))
+        return int(tracker.reconcile(expected_runs(study),
+                                     None if shared else live_runs(study)))
     except Exception as exc:
         emit(SweepWarning(f"could not check the MLflow runs against the study "
                           f"({type(exc).__name__}: {str(exc)[:200]}); a later run or "

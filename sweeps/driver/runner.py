@@ -116,7 +116,8 @@ class _Driver:
         except KeyboardInterrupt:
             dispatcher.interrupt()  # the workers are stopped, their trials closed
             self.tracker.close("KILLED")  # every spool uploaded
-            make_tracking_agree(study, self.tracker, self.emit)
+            make_tracking_agree(study, self.tracker, self.emit,
+                                shared=self.storage.shared)
             raise SweepInterrupted(
                 f"interrupted: {self.spec.study!r} keeps its finished trials") from None
         finally:
@@ -129,7 +130,8 @@ class _Driver:
                                  storage_url=self.storage.display_url)
             except Exception as exc:  # the study is safe in Optuna; tracking must not fail it
                 self.emit(SweepWarning(f"could not finish the MLflow parent run: {exc}"))
-            make_tracking_agree(study, self.tracker, self.emit)
+            make_tracking_agree(study, self.tracker, self.emit,
+                                shared=self.storage.shared)
         return summary
 
     def _open_tracker(self, study: Any) -> StudyTracker | NullTracker:

@@ -3,7 +3,7 @@ as it calls a :class:`~sweeps.tracking.StudyTracker`, and nothing is logged."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ class NullTracker:
     def sync(self, prune: bool = False) -> None:
         return None
 
-    def reconcile(self, expected: Mapping[str, tuple[str, int | None, str]]) -> int:
+    def reconcile(self, expected: Mapping[str, tuple[str, int | None, str]],
+                  live: Iterable[str] | None = None) -> int:
         return 0
 
     def orphan_command(self) -> None:

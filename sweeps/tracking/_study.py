@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -206,30 +206,37 @@ class StudyTracker:
                           "end_time": int(time.time() * 1000)})
         self._sync_now_and_then()
 
-    def reconcile(self, expected: Mapping[str, tuple[str, int | None, str]]) -> int:
+    def reconcile(self, expected: Mapping[str, tuple[str, int | None, str]],
+                  live: Iterable[str] | None = None) -> int:
         """Make trial runs say what the study says: ``expected`` maps a run id to the outcome,
         steps and reason the study (the source of truth) records. A run whose state, status
         or steps differ (a worker that trained on after Ctrl-C, an end that never landed) is
-        corrected; the number corrected. Call it once every spool has landed (:meth:`sync`)."""
+        corrected. With ``live`` (the runs of trials still running: another driver's), a trial
+        run of this study left RUNNING that is neither (its driver stopped between creating it
+        and recording it on the trial) ends KILLED, interrupted. The number corrected. Call it
+        once every spool has landed (:meth:`sync`)."""
         from mlflow.entities import RunTag
 
         spool = self.sink.spool_dir
         wanted = {resolve_placeholder(spool, run_id): want for run_id, want in expected.items()}
         wanted.pop(None, None)  # created while the store was down, not uploaded yet
-        if not wanted:
-            return 0
+        alive = None if live is None else {resolve_placeholder(spool, r) for r in live}
+        orphan = (Outcome.INTERRUPTED, None, "the driver stopped while it started this trial; "
+                  "the trial runs again on resume")
         client = self.sink.client
         runs, token = {}, None
-        while True:
+        while wanted or alive is not None:
             page = client.search_runs([self.experiment_id], f"tags.`{names.TAG_KIND}` = 'trial'",
                                       max_results=1000, page_token=token)
-            runs.update({run.info.run_id: run for run in page if run.info.run_id in wanted})
+            runs.update({run.info.run_id: run for run in page if run.info.run_id in wanted or (
+                alive is not None and run.info.status == "RUNNING" and run.info.run_id not in
+                alive and run.data.tags.get(names.TAG_PARENT) == self.parent_run_id)})
             token = page.token
             if not token:
                 break
         fixed = 0
         for run_id, run in runs.items():
-            outcome, steps, reason = wanted[run_id]
+            outcome, steps, reason = wanted.get(run_id, orphan)
             ended = Outcome(outcome)
             have = run.data.tags
             tags = {}

@@ -182,3 +182,18 @@ def test_an_orphaned_study_run_ends_killed(study: StudyTracker) -> None:
     run = client.get_run(study.parent_run_id)
     assert run.info.status == "KILLED"
     assert "driver stopped" in run.data.tags["stabsweep.reason"]
+
+
+def test_reconcile_ends_a_run_no_trial_records(study: StudyTracker) -> None:
+    """Ctrl-C between creating a trial's run and recording its id on the trial left the run
+    RUNNING (seen in the fault matrix): a run of the study that no trial records and no live
+    trial runs is ended, interrupted; a live one (another driver's) is left alone."""
+    client = client_for(study.sink.uri)
+    orphan = study.create_trial_run(6, STABLE)
+    live = study.create_trial_run(7, STABLE)
+    assert study.reconcile({}) == 0  # without live: orphans are not looked for
+    assert study.reconcile({}, live=[live]) == 1
+    run = client.get_run(orphan)
+    assert run.info.status == "KILLED" and run.data.tags["stabsweep.state"] == "interrupted"
+    assert "stopped while it started this trial" in run.data.tags["stabsweep.reason"]
+    assert client.get_run(live).info.status == "RUNNING"
