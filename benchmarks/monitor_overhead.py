@@ -143,10 +143,11 @@ def breakdown(workload: str, args: dict[str, Any], *, steps: int) -> list[list[A
     timer = _Timer()
     guard = guarded.guard
     assert guard is not None
-    guard.monitor.measure = timer.wrap("measure (per-layer norms)", guard.monitor.measure)
-    guard.clipper = timer.wrap("clip (reuses the norms)", guard.clipper)
-    guard.sync = timer.wrap("sync (host read + records)", guard.sync)
-    guard.detector.observe = timer.wrap("  of which detectors", guard.detector.observe)
+    watcher = guard.watcher  # measure, clip and sync are the watcher's parts of the step
+    watcher.monitor.measure = timer.wrap("measure (per-layer norms)", watcher.monitor.measure)
+    watcher.clipper = timer.wrap("clip (reuses the norms)", watcher.clipper)
+    watcher.sync = timer.wrap("sync (host read + records)", watcher.sync)
+    watcher.detector.observe = timer.wrap("  of which detectors", watcher.detector.observe)
     guard.optimizer.step = timer.wrap("g optimizer.step", guard.optimizer.step)
     guard.optimizer.zero_grad = timer.wrap("g zero_grad", guard.optimizer.zero_grad)
     guard.scheduler.step = timer.wrap("scheduler.step", guard.scheduler.step)

@@ -6,7 +6,6 @@ to stop. Everything the trial produced comes back in a :class:`TrainResult`.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from stability.detectors import Detector
 from stability.diagnose import Diagnosis, diagnose
 from stability.guard import StabilityGuard
 from stability.records import StepRecord, Verdict
+from stability.watcher import save_run
 from stability.workloads import Workload, load_workload
 
 
@@ -72,16 +72,7 @@ class TrainResult:
     def save(self, out: str | Path) -> Path:
         """Write ``trace.parquet``, ``diagnosis.json`` and the two plots (grad-norm trace,
         layer heatmap) to folder ``out``; return it."""
-        from stability import plots
-
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        self.trace.to_parquet(out / "trace.parquet")
-        (out / "diagnosis.json").write_text(json.dumps(self.diagnosis.to_dict(), indent=2))
-        plots.plot_trace(self.trace, out / "grad_norm_trace.png", verdict=self.verdict,
-                         diagnosis=self.diagnosis)
-        plots.plot_layer_heatmap(self.trace, out / "layer_heatmap.png")
-        return out
+        return save_run(out, self.trace, self.verdict, self.diagnosis)
 
 
 def train(
