@@ -54,18 +54,17 @@ from stability.config import ConfigError, StabilityConfig
 from stability.detectors import Detector
 from stability.integrations._core import (
     StepWatcher,
+    WatchingCallback,
     built_here,
     metrics_of,
     tag_optimizer,
     verdict_metrics,
 )
 from stability.optim import build_optimizer, build_scheduler
-from stability.records import Verdict
 
 if TYPE_CHECKING:
-    import pandas as pd
 
-    from stability.diagnose import Diagnosis
+    pass
 
 __all__ = ["StabilityCallback"]
 
@@ -78,7 +77,7 @@ _ALIASES = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed",
 _DEFAULT_SCALE = StabilityConfig()
 
 
-class StabilityCallback(pl.Callback):
+class StabilityCallback(WatchingCallback, pl.Callback):
     """Applies a :class:`StabilityConfig` inside a Lightning ``Trainer`` (see the module doc).
 
     Args:
@@ -91,31 +90,22 @@ class StabilityCallback(pl.Callback):
         log_layers: also log one ``grad_norm/<layer>`` value per layer.
     """
 
+    NOT_YET = ("has not watched a fit yet: pass it to Trainer(callbacks=[...]) and call "
+               "trainer.fit first")
+
+    @staticmethod
+    def refuse(config: StabilityConfig) -> None:
+        _refuse(config)
+
     def __init__(self, config: StabilityConfig | Mapping[str, Any], *,
                  out: str | Path | None = None, detector: Detector | None = None,
                  sync_every: int | None = None, apply_init: bool = True,
                  log_layers: bool = True) -> None:
-        super().__init__()
-        self.config = (config if isinstance(config, StabilityConfig)
-                       else StabilityConfig.from_dict(config))
-        _refuse(self.config)
-        self.out = Path(out) if out is not None else None
-        self._detector, self._sync_every = detector, sync_every
-        self.apply_init, self.log_layers = apply_init, log_layers
-        self.watcher: StepWatcher | None = None
+        WatchingCallback.__init__(self, config, out=out, detector=detector,
+                                  sync_every=sync_every, apply_init=apply_init,
+                                  log_layers=log_layers)
         self._loss: Tensor | None = None
         self._logged_step = -1
-        self.saved_to: Path | None = None
-
-    @classmethod
-    def from_config(cls, config: StabilityConfig | Mapping[str, Any], **kwargs: Any
-                    ) -> StabilityCallback:
-        return cls(config, **kwargs)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **kwargs: Any) -> StabilityCallback:
-        """A YAML file: a StabilityConfig or a file ``stabsweep export`` wrote."""
-        return cls(StabilityConfig.load(path), **kwargs)
 
     @classmethod
     def of(cls, trainer: pl.Trainer) -> StabilityCallback:
@@ -152,24 +142,6 @@ class StabilityCallback(pl.Callback):
         scheduler = build_scheduler(optimizer, self.config, total_steps)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
-
-    # ------------------------------------------------------------------ results
-    @property
-    def verdict(self) -> Verdict | None:
-        return self.watcher.verdict if self.watcher is not None else None
-
-    def trace(self) -> pd.DataFrame:
-        """The per-step DataFrame (the guard's columns)."""
-        return self._watching().trace()
-
-    def diagnosis(self) -> Diagnosis:
-        return self._watching().diagnosis()
-
-    def _watching(self) -> StepWatcher:
-        if self.watcher is None:
-            raise RuntimeError("StabilityCallback has not watched a fit yet: pass it to "
-                               "Trainer(callbacks=[...]) and call trainer.fit first.")
-        return self.watcher
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -249,7 +221,7 @@ class StabilityCallback(pl.Callback):
                         "plots in %s)", verdict, self.saved_to)
 
 
-def _refuse(config: StabilityConfig) -> None:
+def _refuse(config: StabilityConfig) -> None:  # StabilityCallback.refuse
     if config.precision not in PRECISION:
         raise ConfigError(f"precision {config.precision!r} has no Lightning equivalent "
                           f"(use one of {', '.join(PRECISION)}).", field="precision")

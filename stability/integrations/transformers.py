@@ -62,18 +62,17 @@ from stability.config import ConfigError, StabilityConfig
 from stability.detectors import Detector
 from stability.integrations._core import (
     StepWatcher,
+    WatchingCallback,
     built_here,
     metrics_of,
     tag_optimizer,
     verdict_metrics,
 )
 from stability.optim import build_optimizer, build_scheduler
-from stability.records import Verdict
 
 if TYPE_CHECKING:
-    import pandas as pd
 
-    from stability.diagnose import Diagnosis
+    pass
 
 __all__ = ["StabilityCallback"]
 
@@ -81,7 +80,7 @@ log = logging.getLogger(__name__)
 _DEFAULT = StabilityConfig()
 
 
-class StabilityCallback(TrainerCallback):
+class StabilityCallback(WatchingCallback, TrainerCallback):
     """Applies a :class:`StabilityConfig` inside a Hugging Face ``Trainer`` (see the module doc).
 
     Args:
@@ -94,31 +93,23 @@ class StabilityCallback(TrainerCallback):
         log_layers: also log one ``grad_norm/<layer>`` value per layer.
     """
 
+    NOT_YET = ("has not watched a run yet: attach it to a Trainer and call "
+               "trainer.train() first")
+
+    @staticmethod
+    def refuse(config: StabilityConfig) -> None:
+        _refuse(config)
+
     def __init__(self, config: StabilityConfig | Mapping[str, Any], *,
                  out: str | Path | None = None, detector: Detector | None = None,
                  sync_every: int | None = None, apply_init: bool = True,
                  log_layers: bool = True) -> None:
-        self.config = (config if isinstance(config, StabilityConfig)
-                       else StabilityConfig.from_dict(config))
-        _refuse(self.config)
-        self.out = Path(out) if out is not None else None
-        self._detector, self._sync_every = detector, sync_every
-        self.apply_init, self.log_layers = apply_init, log_layers
-        self.watcher: StepWatcher | None = None
-        self.saved_to: Path | None = None
+        WatchingCallback.__init__(self, config, out=out, detector=detector,
+                                  sync_every=sync_every, apply_init=apply_init,
+                                  log_layers=log_layers)
         self._initialised: set[int] = set()
         self._loss: Tensor | None = None
         self._hook: Any = None
-
-    @classmethod
-    def from_config(cls, config: StabilityConfig | Mapping[str, Any], **kwargs: Any
-                    ) -> StabilityCallback:
-        return cls(config, **kwargs)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **kwargs: Any) -> StabilityCallback:
-        """A YAML file: a StabilityConfig or a file ``stabsweep export`` wrote."""
-        return cls(StabilityConfig.load(path), **kwargs)
 
     # ------------------------------------------------------------------ what the user passes on
     def training_args(self) -> dict[str, Any]:
@@ -144,24 +135,6 @@ class StabilityCallback(TrainerCallback):
         handler.callbacks = [self, *(c for c in handler.callbacks if c is not self)]
         self._init(trainer.model)
         return trainer
-
-    # ------------------------------------------------------------------ results
-    @property
-    def verdict(self) -> Verdict | None:
-        return self.watcher.verdict if self.watcher is not None else None
-
-    def trace(self) -> pd.DataFrame:
-        """The per-step DataFrame (the guard's columns)."""
-        return self._watching().trace()
-
-    def diagnosis(self) -> Diagnosis:
-        return self._watching().diagnosis()
-
-    def _watching(self) -> StepWatcher:
-        if self.watcher is None:
-            raise RuntimeError("StabilityCallback has not watched a run yet: attach it to a "
-                               "Trainer and call trainer.train() first.")
-        return self.watcher
 
     def _init(self, model: nn.Module | None) -> None:
         if model is None or id(model) in self._initialised:
@@ -268,7 +241,7 @@ class StabilityCallback(TrainerCallback):
                         "and plots in %s)", watcher.verdict, self.saved_to)
 
 
-def _refuse(config: StabilityConfig) -> None:
+def _refuse(config: StabilityConfig) -> None:  # StabilityCallback.refuse
     if config.precision == "fp16_noscale":
         raise ConfigError("precision 'fp16_noscale' has no TrainingArguments equivalent "
                           "(use fp32, bf16 or fp16).", field="precision")
