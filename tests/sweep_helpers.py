@@ -22,7 +22,8 @@ FIXTURE_MODULE = textwrap.dedent('''
     record      a folder: each model() under Ray writes "<gpu ids>;<torch threads>" there
     raise_at    this call raises (a two-line message)
     bump_at     this call's loss value jumps by 1000 (its gradient does not)
-    wait_at     this call waits until the file ``release`` exists (at most 120 s)
+    wait_at     this call waits until the file ``release`` exists (at most 120 s); a process
+                that waits creates ``<release>.waiting-<pid>`` first
     """
     import os
     import time
@@ -73,6 +74,8 @@ FIXTURE_MODULE = textwrap.dedent('''
                 os.kill(os.getpid(), 9)
             if self.calls == do["wait_at"]:
                 deadline = time.monotonic() + 120
+                if not os.path.exists(do["release"]):  # say who waits: <release>.waiting-<pid>
+                    open(f"{do['release']}.waiting-{os.getpid()}", "w").close()
                 while not os.path.exists(do["release"]) and time.monotonic() < deadline:
                     time.sleep(0.02)
             loss = self.inner.loss(model, batch)

@@ -24,9 +24,10 @@ from tests.sweep_helpers import FIXTURE_MODULE, cli_env, load, small_spec, write
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")]
 
-N_TRIALS, STARTUP = 8, 4
+N_TRIALS, STARTUP = 10, 4
 WHEN = {"early": 0, "mid_startup": 2, "after_startup": STARTUP + 1}
-"""finished trials when the fault strikes (a trial is running then, in every case)."""
+"""finished trials before the fault. Then the file ``release`` goes: a trial that starts
+after that waits at its 30th loss call, and the fault strikes while it waits."""
 
 
 def _env(workdir: Path) -> dict[str, str]:
@@ -80,14 +81,23 @@ class Processes:
         return [_cmdline(p)[:80] for p in {*ours, *uploaders} if _stat(p) is not None]
 
 
-def _wait(condition: Any, what: str, limit_s: float = 180.0, every: Any = None) -> None:
+def _wait(condition: Any, what: str, limit_s: float = 180.0, every: Any = None,
+          driver: subprocess.Popen[str] | None = None, workdir: Path | None = None) -> None:
     deadline = time.monotonic() + limit_s
     while not condition():
+        if driver is not None and driver.poll() is not None:
+            out = driver.stdout.read() if driver.stdout else ""
+            pytest.fail(f"the driver exited ({driver.returncode}) before {what}:\n{out}")
         if time.monotonic() > deadline:
-            pytest.fail(f"waited {limit_s:.0f} s for {what}")
+            pytest.fail(f"waited {limit_s:.0f} s for {what}; trials: "
+                        f"{[(t.number, t.state.name) for t in _trials_of(workdir)]}")
         if every is not None:
             every()
         time.sleep(0.2)
+
+
+def _trials_of(workdir: Path | None) -> list[Any]:
+    return [] if workdir is None else _trials(workdir)
 
 
 def _trials(workdir: Path) -> list[Any]:
@@ -126,33 +136,34 @@ def _disagreements(workdir: Path) -> list[str]:
     return found
 
 
-def _kill_a_trial_worker(record: Path) -> bool:
-    """kill -9 the worker that started a trial last (the workload notes its pid there)."""
-    for path in sorted(record.iterdir(), key=lambda p: int(p.name.split("-")[1]), reverse=True):
-        pid = int(path.name.split("-")[0])
-        if _cmdline(pid).startswith(b"ray::TrialWorker") and _stat(pid) is not None:
-            os.kill(pid, signal.SIGKILL)
-            return True
-    return False
+def _waiting(release: Path) -> list[int]:
+    """Pids of the workers whose trial waits for ``release`` (the workload says so)."""
+    return [int(p.name.rpartition("-")[2]) for p in release.parent.glob(release.name
+                                                                          + ".waiting-*")]
 
 
 @pytest.mark.parametrize("when", list(WHEN))
 @pytest.mark.parametrize("fault", ["sigint", "kill_worker", "kill_driver"])
 def test_fault_then_resume_agrees_everywhere(tmp_path: Path, fault: str, when: str) -> None:
     (tmp_path / "faulty_wl.py").write_text(FIXTURE_MODULE)
-    record = tmp_path / "record"
-    record.mkdir()
+    release = tmp_path / "release"
     spec = small_spec(n_trials=N_TRIALS, steps=60, workload={
-        "name": "faulty_wl:make", "args": {"delay": 0.02, "record": str(record)}},
+        "name": "faulty_wl:make", "args": {"delay": 0.02, "wait_at": 30,
+                                           "release": str(release)}},
         sampler={"name": "tpe", "n_startup_trials": STARTUP})
     write_spec(tmp_path / "s.yaml", spec)
+    if WHEN[when]:
+        release.touch()
     processes = Processes()
     proc = _run(tmp_path)
     try:
-        _wait(lambda: len(_finished(trials := _trials(tmp_path))) >= WHEN[when]
-              and any(t.state.name == "RUNNING" for t in trials),
-              f"{WHEN[when]} finished trials and one running", every=lambda: processes.note(
-                  proc.pid))
+        _wait(lambda: len(_finished(_trials(tmp_path))) >= WHEN[when],
+              f"{WHEN[when]} finished trials", every=lambda: processes.note(proc.pid),
+              driver=proc, workdir=tmp_path)
+        release.unlink(missing_ok=True)  # a trial that reaches its 30th loss call now waits
+        _wait(lambda: _waiting(release), "a trial that waits",
+              every=lambda: processes.note(proc.pid), driver=proc,
+              workdir=tmp_path)
         processes.note(proc.pid)
         if fault == "sigint":
             proc.send_signal(signal.SIGINT)
@@ -160,8 +171,8 @@ def test_fault_then_resume_agrees_everywhere(tmp_path: Path, fault: str, when: s
             assert proc.returncode == 130, out
             assert _disagreements(tmp_path) == []
         elif fault == "kill_worker":
-            _wait(lambda: _kill_a_trial_worker(record), "a trial worker to kill",
-                  every=lambda: processes.note(proc.pid))
+            os.kill(_waiting(release)[0], signal.SIGKILL)
+            release.touch()
             out, _ = proc.communicate(timeout=300)
             assert proc.returncode == 0, out
         else:
@@ -170,6 +181,7 @@ def test_fault_then_resume_agrees_everywhere(tmp_path: Path, fault: str, when: s
             _wait(lambda: [r.info.status for r in _runs(tmp_path)
                            if r.data.tags.get("stabsweep.kind") == "study"] == ["KILLED"],
                   "the study's run KILLED by the driver's watchdog")
+        release.touch()
         resumed = _run(tmp_path)
         _wait(lambda: resumed.poll() is not None, "the resumed sweep",
               limit_s=600, every=lambda: processes.note(resumed.pid))
