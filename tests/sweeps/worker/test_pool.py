@@ -297,8 +297,13 @@ def test_replace_gives_a_slot_a_fresh_actor(local_ray: Any) -> None:
         old_pid = local_ray.get(old.ready.remote(), timeout=60)["pid"]
         pool.replace(0)
         assert pool.slots[0].actor is not old and not pool.slots[0].ready
+        # the old one was killed: ray.kill is asynchronous, so a call made at once may still
+        # reach it on a loaded machine (seen in CI); within a minute every call must fail
+        deadline = time.monotonic() + 60
         with pytest.raises(local_ray.exceptions.RayActorError):
-            local_ray.get(old.ready.remote(), timeout=60)  # the old one was killed
+            while time.monotonic() < deadline:
+                local_ray.get(old.ready.remote(), timeout=60)
+                time.sleep(0.2)
         local_ray.get(pool.slots[0].ready_ref, timeout=180)
         assert pool.idle_ready(set()) == [0]
         assert pool.slots[0].info["pid"] != old_pid
