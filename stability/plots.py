@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 _MAX_COLUMNS = 2000  # heat-map steps are max-pooled down to this many columns
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (headless; imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -31,13 +32,14 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (folders made) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
     finally:
-        _pyplot().close(fig)
+        pyplot().close(fig)
     return path
 
 
@@ -58,7 +60,7 @@ def plot_trace(trace: pd.DataFrame, path: str | Path, verdict: Verdict | None = 
     Non-finite norms and losses are drawn as red crosses at the top of their axis.
     """
     _require(trace, ("step", "grad_norm", "loss"), "trace")
-    plt = _pyplot()
+    plt = pyplot()
     steps = trace["step"].to_numpy(np.float64)
     norm = trace["grad_norm"].to_numpy(np.float64)
     loss = trace["loss"].to_numpy(np.float64)
@@ -104,7 +106,7 @@ def plot_trace(trace: pd.DataFrame, path: str | Path, verdict: Verdict | None = 
     more = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left", fontsize=8)
     ax.set_title(title or "gradient norm and loss")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------- heat map
@@ -130,7 +132,7 @@ def plot_layer_heatmap(trace: pd.DataFrame, path: str | Path, title: str | None 
     if not columns:
         raise ValueError(f"trace has no per-layer columns named '{tr.LAYER_PREFIX}<layer>'; "
                          f"columns present: {list(trace.columns)}.")
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import LogNorm
     from matplotlib.patches import Patch
 
@@ -160,7 +162,7 @@ def plot_layer_heatmap(trace: pd.DataFrame, path: str | Path, title: str | None 
     if handles:
         ax.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.8)
     ax.set_title(title or "per-layer gradient norm")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------- sweep map
@@ -197,7 +199,7 @@ def plot_stability_map(df: pd.DataFrame, path: str | Path, x: str = "lr",
     if df[exploded].isna().any():
         raise ValueError(f"column {exploded!r} must be true/false for every row; found NaN.")
     boom = df[exploded].astype(bool).to_numpy()
-    plt = _pyplot()
+    plt = pyplot()
 
     n_x = min(bins, max(1, len(np.unique(xs))))
     x_edges = _log_edges(xs, n_x)
@@ -253,4 +255,4 @@ def plot_stability_map(df: pd.DataFrame, path: str | Path, x: str = "lr",
     fig.colorbar(image, ax=ax, label="explosion probability")
     ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=8, frameon=False)
     ax.set_title(title or f"explosion probability, {len(xs)} trials", loc="left")
-    return _save(fig, path)
+    return save_figure(fig, path)

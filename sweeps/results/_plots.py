@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from stability.config import StabilityConfig
+from stability.plots import pyplot, save_figure
 from sweeps.common import Outcome, keys
 from sweeps.results._trials import PARAM_PREFIX, RATED_OUTCOMES
 
@@ -29,31 +30,13 @@ _THRESHOLD_METHODS = ("norm", "value")
 """Clip methods that use ``clip_threshold``."""
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
-    finally:
-        _pyplot().close(fig)
-    return path
-
-
 # ------------------------------------------------------------------ history
 def plot_history(df: pd.DataFrame, path: Path, *, direction: str, metric: str,
                  title: str | None = None) -> Path:
     """Objective per trial number: complete trials, Optuna-pruned trials at their last
     reported value, exploded trials as red crosses along the top, failures along the bottom,
     and the best-so-far line over complete trials."""
-    plt = _pyplot()
+    plt = pyplot()
     number = df["number"].to_numpy(np.float64)
     value = df["value"].to_numpy(np.float64)
     last = df["last_intermediate"].to_numpy(np.float64)
@@ -97,13 +80,13 @@ def plot_history(df: pd.DataFrame, path: Path, *, direction: str, metric: str,
     ax.set_ylabel(f"{metric} ({direction})")
     ax.legend(loc="best", fontsize=8)
     ax.set_title(title or f"optimisation history, {len(df)} trials", loc="left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------ importances
 def plot_importances(importances: Mapping[str, float], path: Path, *, metric: str) -> Path:
     """Horizontal bars, most important on top."""
-    plt = _pyplot()
+    plt = pyplot()
     items = sorted(importances.items(), key=lambda kv: kv[1])
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(items) + 1.5))
     ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
@@ -112,7 +95,7 @@ def plot_importances(importances: Mapping[str, float], path: Path, *, metric: st
     ax.set_xlabel(f"importance for {metric} (fANOVA, complete trials)")
     ax.set_xlim(0, max([v for _, v in items] + [0.0]) * 1.15 or 1.0)
     ax.set_title("parameter importances", loc="left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------ stability map
